@@ -1,0 +1,68 @@
+# falcon-lake: every target sets up what it needs, so each works as the first command on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KAFKA_PORT ?= 9092
+MOTO_PORT ?= 4566
+export KAFKA_PORT MOTO_PORT
+
+.PHONY: help venv demo test test-unit test-integration test-faults lint bench kafka-up kafka-down moto-up moto-down clean
+
+help:
+	@echo "make demo          run the whole pipeline locally on generated events and check the result"
+	@echo "make test          run the test suite (starts and stops its own broker and moto)"
+	@echo "make lint          ruff + mypy"
+	@echo "make bench         benchmarks; prints a table, writes bench/results/latest.json"
+	@echo "make kafka-up/down start/stop a local Apache Kafka broker on 127.0.0.1:$(KAFKA_PORT)"
+	@echo "make moto-up/down  start/stop moto (SSM, Secrets Manager) on 127.0.0.1:$(MOTO_PORT)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m scripts.demo
+
+test: $(STAMP)
+	scripts/kafka.sh fetch
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	scripts/kafka.sh fetch
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-faults: $(STAMP)
+	scripts/kafka.sh fetch
+	FAULT_EVENTS=$${FAULT_EVENTS:-50000} $(BIN)/python -m pytest tests/faults -v $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	scripts/kafka.sh fetch
+	$(BIN)/python -m bench.run
+
+kafka-up: $(STAMP)
+	scripts/kafka.sh start
+
+kafka-down:
+	scripts/kafka.sh stop
+
+moto-up: $(STAMP)
+	scripts/moto.sh start
+
+moto-down:
+	scripts/moto.sh stop
+
+clean: kafka-down moto-down
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

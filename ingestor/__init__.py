@@ -1,0 +1,1 @@
+"""The Falcon Event Streams client and the ingest loop that writes every event into Kafka."""

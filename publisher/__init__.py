@@ -1,0 +1,1 @@
+"""The consumer group that filters, converts and delivers user activity to CloudTrail Lake."""

@@ -1,0 +1,105 @@
+"""Session-wide services for the test suite: a real Apache Kafka broker and a moto server.
+
+Both come up once per session, on ports of their own so a developer's `make kafka-up`
+broker is never touched, and are stopped when the session ends. Where
+KAFKA_BOOTSTRAP_SERVERS (or MOTO_ENDPOINT) is set, the running service is used instead
+and left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# boto3 must never reach real AWS from a test: dummy keys, a fixed region.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    os.environ.pop(_var, None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts or "faults" in parts:
+            item.add_marker(pytest.mark.integration)
+
+
+class LocalKafka:
+    """A broker started by scripts/kafka.sh for this session, in a throwaway data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "KAFKA_DATA_DIR": str(data_dir),
+        }
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        subprocess.run([str(ROOT / "scripts/kafka.sh"), "start"], env=self.env, check=True)
+
+    def stop(self) -> None:
+        subprocess.run([str(ROOT / "scripts/kafka.sh"), "stop"], env=self.env, check=False)
+
+
+@pytest.fixture(scope="session")
+def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka | None]:
+    """The broker this session started, or None when KAFKA_BOOTSTRAP_SERVERS names a running one."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield None
+        return
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_kafka: LocalKafka | None) -> str:
+    if local_kafka is None:
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    return local_kafka.bootstrap
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """URL of a moto server (SSM, Secrets Manager) reached over real HTTP."""
+    if os.environ.get("MOTO_ENDPOINT"):
+        yield os.environ["MOTO_ENDPOINT"]
+        return
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Names (topics, groups, parameters) no other test uses: '<prefix>-<test>-<random>'."""
+    test = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40].strip("-")
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"
+
+    return make
