@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args:
         parser.print_help(sys.stderr)
         return 2
-    known, rest = parser.parse_known_args(args[:1])
+    known, _ = parser.parse_known_args(args[:1])
     sub = SUBCOMMANDS[known.command]
     try:
         module = importlib.import_module(sub.module)

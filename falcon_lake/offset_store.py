@@ -1,0 +1,157 @@
+"""The SSM parameter that records, per Falcon feed, the last offset delivered to CloudTrail Lake.
+
+Format: a JSON object {"<feed id>": <offset>}. The old gateway wrote a Python dict repr
+({'0': 48643}); reading accepts both so a migrating deployment resumes where it was.
+Writes are coalesced (at most one per interval, plus on demand at revocation and shutdown)
+and merged with the stored value so no feed's offset ever moves backwards.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_SSM_ERRORS = frozenset({"ThrottlingException", "TooManyUpdates", "InternalServerError"})
+
+
+class OffsetStoreError(RuntimeError):
+    """The stored value cannot be read or written; str() says which parameter and why."""
+
+
+def parse_offsets_value(text: str) -> dict[str, int]:
+    """Parse a stored offsets value, JSON or the old gateway's Python-dict repr.
+
+    Raises ValueError with a one-line message when it is neither.
+    """
+    text = text.strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"not JSON nor a Python dict: {text[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected an object of feed id to offset, got {type(value).__name__}")
+    offsets: dict[str, int] = {}
+    for feed, offset in value.items():
+        if isinstance(offset, bool) or not isinstance(offset, int | str):
+            raise ValueError(f"offset of feed {feed!r} is not a number: {offset!r}")
+        try:
+            offsets[str(feed)] = int(offset)
+        except ValueError:
+            raise ValueError(f"offset of feed {feed!r} is not a number: {offset!r}") from None
+    return offsets
+
+
+def merge_offsets(*sources: Mapping[str, int]) -> dict[str, int]:
+    """Per feed, the highest offset any source holds."""
+    merged: dict[str, int] = {}
+    for source in sources:
+        for feed, offset in source.items():
+            if offset > merged.get(feed, -1):
+                merged[feed] = offset
+    return merged
+
+
+class SsmOffsetStore:
+    """Reads and (coalesced, never backwards) writes the offsets parameter.
+
+    Thread-safe: `advance` may be called from any thread, `flush` from one.
+    """
+
+    def __init__(
+        self,
+        ssm_client: Any,
+        parameter: str,
+        min_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_write: Callable[[], None] | None = None,
+    ) -> None:
+        self._ssm = ssm_client
+        self.parameter = parameter
+        self._min_interval_s = min_interval_s
+        self._clock = clock
+        self._on_write = on_write
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}
+        self._written: dict[str, int] = {}
+        self._last_write = float("-inf")
+        self.writes = 0
+
+    def read(self) -> dict[str, int]:
+        """The stored offsets; {} when the parameter does not exist yet."""
+        for attempt in range(8):
+            try:
+                response = self._ssm.get_parameter(Name=self.parameter)
+                break
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "ParameterNotFound":
+                    return {}
+                if code in RETRYABLE_SSM_ERRORS and attempt < 7:
+                    time.sleep(min(0.2 * 2**attempt, 5.0))
+                    continue
+                raise OffsetStoreError(f"cannot read SSM parameter {self.parameter!r}: {code}") from None
+            except BotoCoreError as exc:
+                if attempt < 7:
+                    time.sleep(min(0.2 * 2**attempt, 5.0))
+                    continue
+                raise OffsetStoreError(f"cannot reach SSM for parameter {self.parameter!r}: {exc}") from None
+        try:
+            return parse_offsets_value(response["Parameter"]["Value"])
+        except ValueError as exc:
+            raise OffsetStoreError(f"SSM parameter {self.parameter!r} holds no offsets: {exc}") from None
+
+    def advance(self, offsets: Mapping[str, int]) -> None:
+        """Record delivered offsets; they are written by the next due `flush`."""
+        with self._lock:
+            self._pending = merge_offsets(self._pending, offsets)
+
+    def due(self) -> bool:
+        with self._lock:
+            changed = any(self._written.get(f, -1) < o for f, o in self._pending.items())
+        return changed and self._clock() - self._last_write >= self._min_interval_s
+
+    def flush(self, force: bool = False) -> bool:
+        """Write pending offsets if the interval has passed (or `force`) and anything moved.
+
+        Returns True when a write happened. Transient SSM errors are logged and left for
+        the next flush: offsets only ever move forward, so a late write loses nothing.
+        """
+        if not force and not self.due():
+            return False
+        with self._lock:
+            pending = dict(self._pending)
+        if not any(self._written.get(f, -1) < o for f, o in pending.items()):
+            return False
+        try:
+            # Merge with what is stored: other publishers own other feeds of the same parameter.
+            value = merge_offsets(self.read(), self._written, pending)
+            self._ssm.put_parameter(
+                Name=self.parameter,
+                Value=json.dumps(value, sort_keys=True, separators=(",", ":")),
+                Type="String",
+                Overwrite=True,
+            )
+        except (ClientError, BotoCoreError, OffsetStoreError) as exc:
+            code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else str(exc)
+            log.warning("SSM write of %s deferred: %s", self.parameter, code)
+            self._last_write = self._clock()
+            return False
+        self._written = value
+        self._last_write = self._clock()
+        self.writes += 1
+        if self._on_write is not None:
+            self._on_write()
+        log.info("SSM %s = %s", self.parameter, json.dumps(pending, sort_keys=True))
+        return True

@@ -1,0 +1,70 @@
+"""The SSM offsets parameter, through boto3 against moto over HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import boto3
+import pytest
+
+from falcon_lake.offset_store import OffsetStoreError, SsmOffsetStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _ssm(endpoint: str) -> object:
+    return boto3.client("ssm", region_name="us-east-1", endpoint_url=endpoint)
+
+
+def test_reads_old_gateway_format_and_writes_json(moto_endpoint: str, unique_name: Callable[[str], str]) -> None:
+    ssm = _ssm(moto_endpoint)
+    name = unique_name("offsets")
+    ssm.put_parameter(Name=name, Value="{'0': 48643}", Type="String")  # type: ignore[attr-defined]
+    store = SsmOffsetStore(ssm, name, min_interval_s=5)
+    assert store.read() == {"0": 48643}
+    store.advance({"0": 48650, "1": 3})
+    assert store.flush(force=True)
+    stored = ssm.get_parameter(Name=name)["Parameter"]["Value"]  # type: ignore[attr-defined]
+    assert json.loads(stored) == {"0": 48650, "1": 3}
+
+
+def test_missing_parameter_reads_empty_and_is_created(moto_endpoint: str, unique_name: Callable[[str], str]) -> None:
+    name = unique_name("offsets")
+    store = SsmOffsetStore(_ssm(moto_endpoint), name)
+    assert store.read() == {}
+    store.advance({"0": 1})
+    assert store.flush(force=True) and store.read() == {"0": 1}
+
+
+def test_writes_are_coalesced_and_never_backwards(moto_endpoint: str, unique_name: Callable[[str], str]) -> None:
+    ssm = _ssm(moto_endpoint)
+    name = unique_name("offsets")
+    clock = FakeClock()
+    store = SsmOffsetStore(ssm, name, min_interval_s=5, clock=clock)
+    for offset in range(1, 101):
+        store.advance({"0": offset})
+        store.flush()
+        clock.now += 0.1
+    assert store.writes == 2  # at start, then once 5 s later: never per event
+
+    # Another writer (an old gateway, another publisher) moved feed 0 ahead and added feed 9.
+    ssm.put_parameter(Name=name, Value='{"0": 500, "9": 1}', Type="String", Overwrite=True)  # type: ignore[attr-defined]
+    store.advance({"0": 120, "1": 4})
+    assert store.flush(force=True)
+    assert store.read() == {"0": 500, "1": 4, "9": 1}
+    assert not store.flush(force=True)  # nothing new: no write
+
+
+def test_unreadable_value_is_a_clear_error(moto_endpoint: str, unique_name: Callable[[str], str]) -> None:
+    ssm = _ssm(moto_endpoint)
+    name = unique_name("offsets")
+    ssm.put_parameter(Name=name, Value="garbage", Type="String")  # type: ignore[attr-defined]
+    with pytest.raises(OffsetStoreError, match=name):
+        SsmOffsetStore(ssm, name).read()
