@@ -1,0 +1,207 @@
+"""The Falcon Event Streams API over HTTPS: OAuth2 token, feed discovery, stream, session refresh."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+
+from falcon_lake import __version__
+from falcon_lake.settings import DISCOVERABLE_CLOUDS, FALCON_CLOUDS, Secret
+
+log = logging.getLogger(__name__)
+
+TOKEN_RENEW_EARLY_S = 120.0
+
+
+class FalconApiError(RuntimeError):
+    """An HTTP answer the ingestor must recover from; `status` and `retry_after` steer the backoff."""
+
+    def __init__(self, what: str, status: int | None, detail: str = "", retry_after: float | None = None) -> None:
+        self.what = what
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(f"{what}: HTTP {status}{' ' + detail if detail else ''}")
+
+
+class AppIdHeld(RuntimeError):
+    """Discovery answered no feeds: another consumer holds the appId, or the client lacks the scope."""
+
+
+@dataclass(frozen=True)
+class FeedSession:
+    """One feed (partition) as discovery described it."""
+
+    feed: str
+    data_feed_url: str
+    token: Secret
+    expiration: str
+    refresh_url: str
+    refresh_interval_s: float
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _feed_id(url: str) -> str:
+    # .../sensors/entities/datafeed/v1/<partition>?appId=...
+    return url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+class FalconClient:
+    """Talks to one Falcon cloud. Thread-safe: the token is shared by every feed reader."""
+
+    def __init__(
+        self,
+        base_url: str,
+        cloud: str | None,
+        client_id: str,
+        client_secret: Secret,
+        app_id: str,
+        member_cid: str | None = None,
+        timeout_s: float = 30.0,
+        on_request: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.cloud = cloud
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self.app_id = app_id
+        self._member_cid = member_cid
+        self._timeout = timeout_s
+        self._on_request = on_request
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = f"falcon-lake/{__version__}"
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+
+    def secrets(self) -> list[str]:
+        """Values that must never be logged: the client secret and the current tokens."""
+        return [self._client_secret.reveal()] + ([self._token] if self._token else [])
+
+    def _count(self, what: str, status: int) -> None:
+        if self._on_request is not None:
+            self._on_request(what, status)
+
+    def _check(self, what: str, response: requests.Response, ok: tuple[int, ...] = (200, 201)) -> None:
+        self._count(what, response.status_code)
+        if response.status_code not in ok:
+            detail = ""
+            try:
+                errors = response.json().get("errors") or []
+                if errors:
+                    detail = str(errors[0].get("message", ""))[:200]
+            except (ValueError, AttributeError):
+                detail = response.text[:200].replace("\n", " ")
+            raise FalconApiError(what, response.status_code, detail, _retry_after(response))
+
+    def invalidate_token(self) -> None:
+        with self._lock:
+            self._token = None
+
+    def bearer(self) -> str:
+        """A valid access token, renewed about two minutes before it expires."""
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._token, ttl = self._request_token()
+                # About two minutes early; a short TTL (tests) renews at 90 % of its life.
+                self._renew_at = time.monotonic() + ttl - min(TOKEN_RENEW_EARLY_S, ttl * 0.1)
+            return self._token
+
+    def _request_token(self) -> tuple[str, float]:
+        form = {"client_id": self._client_id, "client_secret": self._client_secret.reveal()}
+        if self._member_cid:
+            form["member_cid"] = self._member_cid
+        response = self._session.post(f"{self.base_url}/oauth2/token", data=form, timeout=self._timeout)
+        self._check("token", response)
+        region = response.headers.get("X-Cs-Region", "").lower()
+        if self.cloud in DISCOVERABLE_CLOUDS and region in FALCON_CLOUDS and region != self.cloud:
+            # The customer's tenant lives in another cloud: follow it, as FalconPy does.
+            log.info("Falcon cloud %s redirects to %s; using %s", self.cloud, region, FALCON_CLOUDS[region])
+            self.cloud, self.base_url = region, FALCON_CLOUDS[region]
+            return self._request_token()
+        body = response.json()
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise FalconApiError("token", response.status_code, "no access_token in the answer")
+        return token, float(body.get("expires_in") or 1799)
+
+    def discover(self, event_types: tuple[str, ...] = ()) -> list[FeedSession]:
+        """Every feed of this appId. Raises AppIdHeld when discovery lists none."""
+        params = {"appId": self.app_id, "format": "json"}
+        response = self._session.get(
+            f"{self.base_url}/sensors/entities/datafeed/v2",
+            params=params,
+            headers={"Authorization": f"Bearer {self.bearer()}"},
+            timeout=self._timeout,
+        )
+        if response.status_code == 401:
+            self.invalidate_token()
+        self._check("discover", response)
+        resources = response.json().get("resources") or []
+        if not resources:
+            raise AppIdHeld(
+                f"discovery listed no feeds for appId {self.app_id!r}: another consumer holds it "
+                "(a dropped connection keeps it for minutes) or the API client lacks the Event streams scope"
+            )
+        feeds = []
+        for resource in resources:
+            url = resource["dataFeedURL"]
+            feeds.append(
+                FeedSession(
+                    feed=_feed_id(url),
+                    data_feed_url=url,
+                    token=Secret(resource["sessionToken"]["token"]),
+                    expiration=str(resource["sessionToken"].get("expiration", "")),
+                    refresh_url=resource["refreshActiveSessionURL"],
+                    refresh_interval_s=float(resource.get("refreshActiveSessionInterval") or 1800),
+                )
+            )
+        return feeds
+
+    def open_stream(
+        self, feed: FeedSession, offset: int | None, event_types: tuple[str, ...], read_timeout_s: float
+    ) -> requests.Response:
+        """Open the feed at `offset` (None = newest only); the caller reads and closes the response."""
+        params: dict[str, Any] = {"whence": 2} if offset is None else {"offset": offset}
+        if event_types:
+            params["eventType"] = ",".join(event_types)
+        separator = "&" if "?" in feed.data_feed_url else "?"
+        response = self._session.get(
+            f"{feed.data_feed_url}{separator}{urlencode(params)}",
+            headers={"Authorization": f"Token {feed.token.reveal()}", "Accept": "application/json"},
+            stream=True,
+            timeout=(self._timeout, read_timeout_s),
+        )
+        if response.status_code != 200:
+            response.close()
+        self._check("stream", response, ok=(200,))
+        return response
+
+    def refresh(self, feed: FeedSession) -> None:
+        """Keep the feed's stream session alive. 404 means it is gone: reconnect."""
+        url = f"{self.base_url}/sensors/entities/datafeed-actions/v1/{feed.feed}"
+        params = {"action_name": "refresh_active_stream_session", "appId": self.app_id}
+        response = self._session.post(
+            url, params=params, headers={"Authorization": f"Bearer {self.bearer()}"}, timeout=self._timeout
+        )
+        if response.status_code == 401:
+            self.invalidate_token()
+        self._check("refresh", response, ok=(200, 201, 202, 204))
+
+    def close(self) -> None:
+        self._session.close()

@@ -1,0 +1,135 @@
+"""Splitting the Falcon feed body into events.
+
+The body is newline-delimited JSON, but a robust reader also takes blank lines, CRLF,
+lines split across network chunks, several objects on one line with no newline between
+them, and lines that are not JSON at all. Every input line ends in exactly one outcome:
+a FalconEvent (its exact bytes plus the metadata the ingestor needs) or a Malformed
+record (the bytes and the reason), never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+_decoder = json.JSONDecoder()
+
+
+@dataclass(frozen=True, slots=True)
+class FalconEvent:
+    raw: bytes
+    offset: int
+    event_type: str
+    cid: str
+    created_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    raw: bytes
+    reason: str
+
+
+class LineSplitter:
+    """Turns a stream of byte chunks into complete lines (without the line break).
+
+    A line longer than `max_line_bytes` is reported once as an oversize fragment (the
+    first `max_line_bytes` bytes) and the rest of it is skipped, so memory stays bounded.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._max = max_line_bytes
+        self._buffer = bytearray()
+        self._skipping = False
+
+    def feed(self, chunk: bytes) -> Iterator[bytes | Malformed]:
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            if newline < 0:
+                break
+            piece = chunk[start:newline]
+            start = newline + 1
+            if self._skipping:
+                self._skipping = False
+                self._buffer.clear()
+                continue
+            if self._buffer:
+                self._buffer += piece
+                line = bytes(self._buffer)
+                self._buffer.clear()
+            else:
+                line = piece
+            if len(line) > self._max:
+                yield Malformed(line[: self._max], f"line longer than {self._max} bytes")
+                continue
+            yield line
+        rest = chunk[start:]
+        if rest and not self._skipping:
+            self._buffer += rest
+            if len(self._buffer) > self._max:
+                yield Malformed(bytes(self._buffer[: self._max]), f"line longer than {self._max} bytes")
+                self._buffer.clear()
+                self._skipping = True
+
+    def pending(self) -> bytes:
+        """What is buffered after the last line break (a line the stream cut short)."""
+        return bytes(self._buffer)
+
+
+def _as_event(raw: bytes, obj: object) -> FalconEvent | Malformed:
+    if not isinstance(obj, dict):
+        return Malformed(raw, f"not a JSON object but {type(obj).__name__}")
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return Malformed(raw, "no metadata object")
+    offset = metadata.get("offset")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        return Malformed(raw, f"metadata.offset is not a non-negative integer: {str(offset)[:40]!r}")
+    event_type = metadata.get("eventType")
+    cid = metadata.get("customerIDString")
+    created = metadata.get("eventCreationTime")
+    return FalconEvent(
+        raw=raw,
+        offset=offset,
+        event_type=event_type if isinstance(event_type, str) else "",
+        cid=cid if isinstance(cid, str) else "",
+        created_ms=created if isinstance(created, int) and not isinstance(created, bool) else None,
+    )
+
+
+def parse_line(line: bytes) -> Iterator[FalconEvent | Malformed]:
+    """The events of one line: none for a blank line, several when objects are run together."""
+    line = line.strip(b" \t\r\n")
+    if not line:
+        return
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield Malformed(line, f"invalid UTF-8 at byte {exc.start}")
+        return
+    try:
+        yield _as_event(line, json.loads(text))
+        return
+    except RecursionError:
+        yield Malformed(line, "JSON nested too deeply")
+        return
+    except ValueError:
+        pass
+    # Objects run together with no newline ("}{"): decode them one by one.
+    position = 0
+    while position < len(text):
+        while position < len(text) and text[position] in " \t\r":
+            position += 1
+        if position >= len(text):
+            return
+        try:
+            obj, end = _decoder.raw_decode(text, position)
+        except (ValueError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "JSON nested too deeply"
+            yield Malformed(text[position:].encode("utf-8"), f"invalid JSON: {reason}")
+            return
+        yield _as_event(text[position:end].encode("utf-8"), obj)
+        position = end

@@ -1,0 +1,302 @@
+"""One stream session: discover every feed, read each in its own thread, refresh on a timer.
+
+Any failure of any feed (401, 404, stream end, read timeout, connection error, failed
+refresh) tears the whole session down; the supervisor then re-authenticates,
+re-discovers and reopens every feed at its last offset + 1. Falcon allows one connection
+per appId, so feeds are always reconnected together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import requests
+
+from ingestor.falcon_api import AppIdHeld, FalconApiError, FalconClient, FeedSession
+from ingestor.metrics import IngestorMetrics
+from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_line
+from ingestor.resume import ResumePoint
+from ingestor.sink import KafkaEventSink
+
+log = logging.getLogger(__name__)
+
+REFRESH_AT = 0.9
+
+
+class Backoff:
+    """Exponential backoff with full jitter; a server's Retry-After is a floor."""
+
+    def __init__(self, base_s: float = 1.0, cap_s: float = 60.0, rng: random.Random | None = None) -> None:
+        self.base_s, self.cap_s = base_s, cap_s
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2**self._attempt)
+        self._attempt = min(self._attempt + 1, 16)
+        delay = self._rng.uniform(ceiling / 2, ceiling)
+        return max(delay, retry_after or 0.0)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class _Abandoned(Exception):
+    """The reader was closed while waiting for Kafka; it must not write anything more."""
+
+
+class SessionEnded(Exception):
+    def __init__(self, cause: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.cause, self.detail, self.retry_after = cause, detail, retry_after
+
+
+def _cause_of(exc: BaseException) -> tuple[str, float | None]:
+    if isinstance(exc, FalconApiError):
+        return f"{exc.what}-{exc.status}", exc.retry_after
+    if isinstance(exc, requests.exceptions.ReadTimeout | socket.timeout):
+        return "read-timeout", None
+    if isinstance(exc, requests.RequestException | OSError):
+        return "connection-error", None
+    return "error", None
+
+
+def _abort(response: requests.Response) -> None:
+    """Unblock a thread reading this response by shutting its socket down."""
+    with contextlib.suppress(Exception):
+        response.raw.connection.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+    with contextlib.suppress(Exception):
+        response.close()
+
+
+class FeedReader(threading.Thread):
+    """Reads one feed from `start` until the stream ends or the session is torn down."""
+
+    def __init__(
+        self,
+        client: FalconClient,
+        feed: FeedSession,
+        start: int | None,
+        event_types: tuple[str, ...],
+        sink: KafkaEventSink,
+        metrics: IngestorMetrics,
+        read_timeout_s: float,
+        on_event: Callable[[str, int], None],
+        on_end: Callable[[str, str, str, float | None], None],
+    ) -> None:
+        super().__init__(name=f"feed-{feed.feed}", daemon=True)
+        self.feed = feed
+        self._client = client
+        self._start = start
+        self._event_types = event_types
+        self._sink = sink
+        self._metrics = metrics
+        self._read_timeout_s = read_timeout_s
+        self._on_event = on_event
+        self._on_end = on_end
+        self._response: requests.Response | None = None
+        self._closing = threading.Event()
+        self.last_offset: int | None = None if start is None else start - 1
+        self.events = 0
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._response is not None:
+            _abort(self._response)
+
+    def run(self) -> None:
+        feed = self.feed.feed
+        try:
+            self._response = self._client.open_stream(self.feed, self._start, self._event_types, self._read_timeout_s)
+            if self._closing.is_set():
+                _abort(self._response)
+                return
+            log.info("feed %s: connected at offset %s", feed, "newest" if self._start is None else self._start)
+            splitter = LineSplitter()
+            for chunk in self._response.iter_content(chunk_size=None):
+                for line in splitter.feed(chunk):
+                    if isinstance(line, Malformed):
+                        self._dead_letter(feed, line)
+                        continue
+                    for item in parse_line(line):
+                        self._handle(feed, item)
+                if self._closing.is_set():
+                    return
+            if splitter.pending().strip():
+                log.info("feed %s: stream ended inside a line; it is read again on reconnect", feed)
+            self._on_end(feed, "stream-end", "the server closed the stream", None)
+        except _Abandoned:
+            return
+        except Exception as exc:  # every failure ends the session; the supervisor recovers
+            if not self._closing.is_set():
+                cause, retry_after = _cause_of(exc)
+                self._on_end(feed, cause, str(exc)[:300], retry_after)
+
+    def _dead_letter(self, feed: str, bad: Malformed) -> None:
+        if not self._sink.dead_letter(feed, bad, self.last_offset, abandon=self._closing):
+            raise _Abandoned
+
+    def _handle(self, feed: str, item: FalconEvent | Malformed) -> None:
+        if isinstance(item, Malformed):
+            self._dead_letter(feed, item)
+            return
+        if self.last_offset is not None and item.offset <= self.last_offset:
+            # Already in the topic: a server re-send. Skipping keeps the topic free of duplicates.
+            self._metrics.skipped_duplicates.labels(feed).inc()
+            log.debug("feed %s: offset %d is not after %d, skipped", feed, item.offset, self.last_offset)
+            return
+        if not self._sink.send(feed, item, abandon=self._closing):
+            raise _Abandoned  # torn down while Kafka was full: the next session reads this offset again
+        self.last_offset = item.offset
+        self.events += 1
+        self._metrics.events_read.labels(feed, item.event_type or "unknown").inc()
+        self._metrics.bytes_read.labels(feed).inc(len(item.raw))
+        self._metrics.last_offset.labels(feed).set(item.offset)
+        if item.created_ms is not None:
+            self._metrics.event_age.labels(feed).set(max(0.0, time.time() - item.created_ms / 1000))
+        self._on_event(feed, item.offset)
+
+
+class StreamSupervisor(threading.Thread):
+    """Keeps a session open for as long as the process runs, reconnecting after every failure."""
+
+    def __init__(
+        self,
+        client: FalconClient,
+        sink: KafkaEventSink,
+        metrics: IngestorMetrics,
+        event_types: tuple[str, ...],
+        resume: Callable[[list[str]], dict[str, ResumePoint]],
+        stop: threading.Event,
+        read_timeout_s: float = 300.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__(name="stream-supervisor", daemon=True)
+        self._client = client
+        self._sink = sink
+        self._metrics = metrics
+        self._event_types = event_types
+        self._resume = resume
+        self._stop = stop
+        self._read_timeout_s = read_timeout_s
+        self._backoff = backoff or Backoff()
+        self._next: dict[str, int | None] = {}
+        self._ended = threading.Event()
+        self._end: SessionEnded | None = None
+        self._readers: list[FeedReader] = []
+        self.connected = False
+        self.error: BaseException | None = None
+
+    def positions(self) -> dict[str, int | None]:
+        """Per feed, the offset the next connection starts at (None: newest)."""
+        return dict(self._next)
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                events_before = sum(r.events for r in self._readers)
+                retry_after: float | None = None
+                try:
+                    self._run_session()
+                except SessionEnded as ended:
+                    retry_after = ended.retry_after
+                    self._metrics.reconnects.labels(ended.cause).inc()
+                    where = ", ".join(f"feed {f} at {'newest' if o is None else o}" for f, o in self._next.items())
+                    log.warning("stream %s: %s; reconnecting (%s)", ended.cause, ended.detail, where or "no feeds yet")
+                    if ended.cause.endswith("-401"):
+                        self._client.invalidate_token()
+                finally:
+                    self._teardown()
+                progressed = sum(r.events for r in self._readers) > events_before
+                if progressed or time.monotonic() - started > 60:
+                    self._backoff.reset()
+                self._readers = []
+                if self._stop.is_set():
+                    break
+                delay = self._backoff.next_delay(retry_after)
+                log.info("reconnecting in %.1fs", delay)
+                self._stop.wait(delay)
+        except BaseException as exc:  # a bug, not a transient error: stop the process loudly
+            log.exception("stream supervisor failed")
+            self.error = exc
+            self._stop.set()
+
+    def _reader_ended(self, feed: str, cause: str, detail: str, retry_after: float | None) -> None:
+        if self._end is None:
+            self._end = SessionEnded(cause, f"feed {feed}: {detail}", retry_after)
+        self._ended.set()
+
+    def _on_event(self, feed: str, offset: int) -> None:
+        self._next[feed] = offset + 1
+
+    def _run_session(self) -> None:
+        self._end = None
+        self._ended.clear()
+        try:
+            feeds = self._client.discover(self._event_types)
+        except AppIdHeld as exc:
+            raise SessionEnded("appid-held", f"{exc}; waiting for it to be released") from None
+        except Exception as exc:
+            cause, retry_after = _cause_of(exc)
+            raise SessionEnded(cause, str(exc)[:300], retry_after) from None
+        unknown = [f.feed for f in feeds if f.feed not in self._next]
+        if unknown:
+            try:
+                points = self._resume(unknown)
+            except Exception as exc:
+                raise SessionEnded("resume-failed", f"cannot find where feeds {unknown} resume: {exc}") from None
+            for feed, point in points.items():
+                self._next[feed] = point.offset
+        log.info("discovered %d feed(s): %s", len(feeds), ", ".join(f.feed for f in feeds))
+        self._readers = [
+            FeedReader(
+                self._client,
+                feed,
+                self._next[feed.feed],
+                self._event_types,
+                self._sink,
+                self._metrics,
+                self._read_timeout_s,
+                self._on_event,
+                self._reader_ended,
+            )
+            for feed in feeds
+        ]
+        for reader in self._readers:
+            reader.start()
+        self.connected = True
+        self._metrics.connected.set(len(self._readers))
+        interval = min(f.refresh_interval_s for f in feeds)
+        next_refresh = time.monotonic() + interval * REFRESH_AT
+        while not self._stop.is_set():
+            if self._ended.wait(timeout=max(0.0, min(1.0, next_refresh - time.monotonic()))):
+                assert self._end is not None
+                raise self._end
+            if time.monotonic() >= next_refresh:
+                for session in feeds:
+                    try:
+                        self._client.refresh(session)
+                    except Exception as exc:
+                        cause, retry_after = _cause_of(exc)
+                        raise SessionEnded(cause, f"feed {session.feed}: {exc}", retry_after) from None
+                log.info("refreshed %d stream session(s); next in %.0fs", len(feeds), interval * REFRESH_AT)
+                next_refresh = time.monotonic() + interval * REFRESH_AT
+
+    def _teardown(self) -> None:
+        self.connected = False
+        self._metrics.connected.set(0)
+        for reader in self._readers:
+            reader.close()
+        for reader in self._readers:
+            # Wait for the end: a new reader of the same feed must never run beside an old one.
+            while reader.is_alive():
+                reader.join(timeout=10)
+                if reader.is_alive():
+                    log.warning("feed %s: reader still stopping", reader.feed.feed)
