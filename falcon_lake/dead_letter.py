@@ -21,7 +21,7 @@ TIME = "dlq.time"
 
 MAX_MESSAGE_CHARS = 1000
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 def dlq_headers(

@@ -68,9 +68,18 @@ def _cause_of(exc: BaseException) -> tuple[str, float | None]:
 
 
 def _abort(response: requests.Response) -> None:
-    """Unblock a thread reading this response by shutting its socket down."""
+    """Unblock a thread reading this response by shutting its socket down.
+
+    http.client reads through a file object whose socket is already detached, so the
+    shutdown goes through a duplicate of the file descriptor (shutdown acts on the socket).
+    """
     with contextlib.suppress(Exception):
-        response.raw.connection.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        fd = response.raw._fp.fp.fileno()  # type: ignore[union-attr]
+        dup = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
     with contextlib.suppress(Exception):
         response.close()
 
@@ -183,7 +192,7 @@ class StreamSupervisor(threading.Thread):
         self._metrics = metrics
         self._event_types = event_types
         self._resume = resume
-        self._stop = stop
+        self._stopping = stop
         self._read_timeout_s = read_timeout_s
         self._backoff = backoff or Backoff()
         self._next: dict[str, int | None] = {}
@@ -199,7 +208,7 @@ class StreamSupervisor(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 started = time.monotonic()
                 events_before = sum(r.events for r in self._readers)
                 retry_after: float | None = None
@@ -218,15 +227,15 @@ class StreamSupervisor(threading.Thread):
                 if progressed or time.monotonic() - started > 60:
                     self._backoff.reset()
                 self._readers = []
-                if self._stop.is_set():
+                if self._stopping.is_set():
                     break
                 delay = self._backoff.next_delay(retry_after)
                 log.info("reconnecting in %.1fs", delay)
-                self._stop.wait(delay)
+                self._stopping.wait(delay)
         except BaseException as exc:  # a bug, not a transient error: stop the process loudly
             log.exception("stream supervisor failed")
             self.error = exc
-            self._stop.set()
+            self._stopping.set()
 
     def _reader_ended(self, feed: str, cause: str, detail: str, retry_after: float | None) -> None:
         if self._end is None:
@@ -275,7 +284,7 @@ class StreamSupervisor(threading.Thread):
         self._metrics.connected.set(len(self._readers))
         interval = min(f.refresh_interval_s for f in feeds)
         next_refresh = time.monotonic() + interval * REFRESH_AT
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             if self._ended.wait(timeout=max(0.0, min(1.0, next_refresh - time.monotonic()))):
                 assert self._end is not None
                 raise self._end

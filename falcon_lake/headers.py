@@ -1,0 +1,51 @@
+"""The falcon.* headers every record of the events topic carries, so consumers route without parsing JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+FEED = "falcon.feed"
+OFFSET = "falcon.offset"
+EVENT_TYPE = "falcon.event_type"
+CID = "falcon.cid"
+CREATED_MS = "falcon.created_ms"
+
+# What confluent-kafka hands back and accepts.
+KafkaHeaders = list[tuple[str, str | bytes | None]]
+
+
+def _items(headers: Any) -> Iterable[tuple[str, Any]]:
+    if headers is None:
+        return ()
+    if isinstance(headers, Mapping):
+        return headers.items()
+    return headers
+
+
+def header_text(headers: Any, name: str) -> str | None:
+    """The first value of header `name` as text (UTF-8, replacing bad bytes), or None."""
+    for key, value in _items(headers):
+        if key == name and value is not None:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def header_int(headers: Any, name: str) -> int | None:
+    text = header_text(headers, name)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def as_bytes_pairs(headers: Any) -> list[tuple[str, bytes]]:
+    """Headers as (name, bytes) pairs, dropping empty values."""
+    pairs: list[tuple[str, bytes]] = []
+    for key, value in _items(headers):
+        if value is None:
+            continue
+        pairs.append((key, value if isinstance(value, bytes) else str(value).encode()))
+    return pairs

@@ -1,0 +1,249 @@
+"""Delivering one AuditEventBatch to CloudTrail Lake, with every failure handled as DESIGN.md says.
+
+- per-event Throttling / InternalFailure, throttled or 5xx requests, timeouts: re-send the
+  same ids with backoff and jitter, forever, never skipping;
+- per-event data errors (InvalidData, FieldTooLong, ...): rejected, for the DLQ;
+- channel-level errors (ChannelNotFound, InvalidChannelARN, ChannelInsufficientPermission,
+  AccountNotSubscribed, access denied): report the channel down, retry slowly, and carry on
+  by itself once the channel works again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from publisher.batch import AuditEventBatch, BatchEntry, retry_batch
+from publisher.rate_limit import AdaptiveRateLimiter
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_EVENT_CODES = frozenset({"Throttling", "InternalFailure"})
+CHANNEL_EVENT_CODES = frozenset({"AccountNotSubscribed"})
+CHANNEL_ERRORS = frozenset(
+    {
+        "ChannelNotFound",
+        "InvalidChannelARN",
+        "ChannelInsufficientPermission",
+        "ChannelUnsupportedSchema",
+        "AccountNotSubscribed",
+        "UnsupportedOperationException",
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "MissingAuthenticationTokenException",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+    }
+)
+THROTTLING_ERRORS = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "SlowDown"}
+)
+
+
+class Abandoned(Exception):
+    """Delivery stopped on request (partition revoked, shutdown deadline); nothing more is known."""
+
+
+@dataclass
+class DeliveryResult:
+    partition: int
+    accepted: list[BatchEntry] = field(default_factory=list)
+    rejected: list[tuple[BatchEntry, str, str]] = field(default_factory=list)  # entry, code, message
+    requests: int = 0
+    retries: int = 0
+    request_ids: list[str] = field(default_factory=list)
+
+
+class ChannelHealth:
+    """Shared by the sender threads and the consumer loop: is the channel usable right now?"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down_reason: str | None = None
+
+    def down(self, reason: str) -> None:
+        with self._lock:
+            if self.down_reason is None:
+                log.error("CloudTrail channel unusable: %s; pausing consumption and retrying slowly", reason)
+            self.down_reason = reason
+
+    def up(self) -> None:
+        with self._lock:
+            if self.down_reason is not None:
+                log.warning("CloudTrail channel works again; resuming")
+            self.down_reason = None
+
+    @property
+    def is_up(self) -> bool:
+        return self.down_reason is None
+
+
+@dataclass
+class SenderStats:
+    requests: int = 0
+    retries: int = 0
+
+
+class CloudTrailSender:
+    """Sends batches; thread-safe (boto3 clients are), one instance per process."""
+
+    def __init__(
+        self,
+        client: Any,
+        channel_arn: str,
+        external_id: str | None,
+        checksum: bool,
+        limiter: AdaptiveRateLimiter,
+        health: ChannelHealth,
+        on_request: Callable[[str, float], None] | None = None,
+        backoff_base_s: float = 0.2,
+        backoff_cap_s: float = 20.0,
+        channel_retry_s: float = 5.0,
+        channel_retry_cap_s: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._channel_arn = channel_arn
+        self._external_id = external_id
+        self._checksum = checksum
+        self._limiter = limiter
+        self._health = health
+        self._on_request = on_request
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._channel_retry_s = channel_retry_s
+        self._channel_retry_cap_s = channel_retry_cap_s
+        self._rng = random.Random()
+
+    def _pause(self, attempt: int, base: float, cap: float, abandon: Callable[[], bool]) -> None:
+        delay = self._rng.uniform(0.5, 1.0) * min(cap, base * 2 ** min(attempt, 16))
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if abandon():
+                raise Abandoned
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _put(self, batch: AuditEventBatch) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "channelArn": self._channel_arn,
+            "auditEvents": [entry.as_request(self._checksum) for entry in batch.entries],
+        }
+        if self._external_id:
+            kwargs["externalId"] = self._external_id
+        self._limiter.acquire()
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            response: dict[str, Any] = self._client.put_audit_events(**kwargs)
+            return response
+        except ClientError as exc:
+            outcome = exc.response.get("Error", {}).get("Code", "ClientError")
+            raise
+        except BotoCoreError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            if self._on_request is not None:
+                self._on_request(outcome, time.monotonic() - started)
+
+    def deliver(self, batch: AuditEventBatch, abandon: Callable[[], bool]) -> DeliveryResult:
+        """Deliver every entry: it ends accepted or rejected (for the DLQ), or Abandoned is raised."""
+        result = DeliveryResult(batch.partition)
+        pending = batch
+        transient_attempt = 0
+        channel_attempt = 0
+        while len(pending):
+            if abandon():
+                raise Abandoned
+            result.requests += 1
+            try:
+                response = self._put(pending)
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                code = str(error.get("Code", ""))
+                message = str(error.get("Message", ""))[:300]
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+                if code in CHANNEL_ERRORS:
+                    self._health.down(f"{code}: {message}")
+                    self._pause(channel_attempt, self._channel_retry_s, self._channel_retry_cap_s, abandon)
+                    channel_attempt += 1
+                    continue
+                if code == "DuplicatedAuditEventId" or (code == "ValidationException" and len(pending) > 1):
+                    # Something in the batch is wrong as a whole: send the entries one by one to find it.
+                    log.warning("%s on a batch of %d; re-sending entries one by one", code, len(pending))
+                    for entry in pending.entries:
+                        single = AuditEventBatch(pending.partition, 1, pending.max_bytes)
+                        single.add(entry)
+                        part = self.deliver(single, abandon)
+                        result.accepted += part.accepted
+                        result.rejected += part.rejected
+                        result.requests += part.requests
+                        result.retries += part.retries
+                    return result
+                if code == "ValidationException" or (
+                    400 <= status < 500 and code not in THROTTLING_ERRORS and status != 429
+                ):
+                    for entry in pending.entries:
+                        result.rejected.append((entry, code or f"HTTP{status}", message))
+                    return result
+                if code in THROTTLING_ERRORS or status == 429:
+                    self._limiter.throttled()
+                result.retries += 1
+                log.warning("PutAuditEvents failed (%s %s); retrying %d events", code, status, len(pending))
+                self._pause(transient_attempt, self._backoff_base_s, self._backoff_cap_s, abandon)
+                transient_attempt += 1
+                continue
+            except BotoCoreError as exc:
+                result.retries += 1
+                log.warning("PutAuditEvents did not complete (%s); retrying %d events", exc, len(pending))
+                self._pause(transient_attempt, self._backoff_base_s, self._backoff_cap_s, abandon)
+                transient_attempt += 1
+                continue
+
+            self._health.up()
+            self._limiter.succeeded()
+            channel_attempt = 0
+            request_id = response.get("ResponseMetadata", {}).get("RequestId", "")
+            result.request_ids.append(request_id)
+            by_id = {entry.id: entry for entry in pending.entries}
+            for ok in response.get("successful", []):
+                accepted_entry = by_id.pop(str(ok.get("id")), None)
+                if accepted_entry is not None:
+                    result.accepted.append(accepted_entry)
+            retry_ids: set[str] = set()
+            channel_problem: str | None = None
+            for failed in response.get("failed", []):
+                code = str(failed.get("errorCode", ""))
+                failed_entry = by_id.pop(str(failed.get("id")), None)
+                if failed_entry is None:
+                    continue
+                if code in RETRYABLE_EVENT_CODES:
+                    retry_ids.add(failed_entry.id)
+                elif code in CHANNEL_EVENT_CODES:
+                    retry_ids.add(failed_entry.id)
+                    channel_problem = f"{code}: {failed.get('errorMessage', '')}"
+                else:
+                    result.rejected.append((failed_entry, code, str(failed.get("errorMessage", ""))[:500]))
+            # An id the answer does not mention is not known to be stored: send it again.
+            retry_ids.update(by_id)
+            pending = retry_batch(pending, retry_ids)
+            if len(pending):
+                result.retries += 1
+                if channel_problem:
+                    self._health.down(channel_problem)
+                    self._pause(channel_attempt, self._channel_retry_s, self._channel_retry_cap_s, abandon)
+                    channel_attempt += 1
+                else:
+                    self._limiter.throttled()
+                    self._pause(transient_attempt, self._backoff_base_s, self._backoff_cap_s, abandon)
+                    transient_attempt += 1
+        return result
