@@ -83,14 +83,19 @@ class SsmOffsetStore:
         self._clock = clock
         self._on_write = on_write
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._pending: dict[str, int] = {}
         self._written: dict[str, int] = {}
         self._last_write = float("-inf")
         self.writes = 0
 
-    def read(self) -> dict[str, int]:
-        """The stored offsets; {} when the parameter does not exist yet."""
-        for attempt in range(8):
+    def read(self, attempts: int = 8) -> dict[str, int]:
+        """The stored offsets; {} when the parameter does not exist yet.
+
+        Throttling and unreachable endpoints are retried `attempts` times with backoff.
+        """
+        last = attempts - 1
+        for attempt in range(attempts):
             try:
                 response = self._ssm.get_parameter(Name=self.parameter)
                 break
@@ -98,12 +103,12 @@ class SsmOffsetStore:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code == "ParameterNotFound":
                     return {}
-                if code in RETRYABLE_SSM_ERRORS and attempt < 7:
+                if code in RETRYABLE_SSM_ERRORS and attempt < last:
                     time.sleep(min(0.2 * 2**attempt, 5.0))
                     continue
                 raise OffsetStoreError(f"cannot read SSM parameter {self.parameter!r}: {code}") from None
             except BotoCoreError as exc:
-                if attempt < 7:
+                if attempt < last:
                     time.sleep(min(0.2 * 2**attempt, 5.0))
                     continue
                 raise OffsetStoreError(f"cannot reach SSM for parameter {self.parameter!r}: {exc}") from None
@@ -128,6 +133,10 @@ class SsmOffsetStore:
         Returns True when a write happened. Transient SSM errors are logged and left for
         the next flush: offsets only ever move forward, so a late write loses nothing.
         """
+        with self._write_lock:
+            return self._flush(force)
+
+    def _flush(self, force: bool) -> bool:
         if not force and not self.due():
             return False
         with self._lock:
@@ -136,7 +145,7 @@ class SsmOffsetStore:
             return False
         try:
             # Merge with what is stored: other publishers own other feeds of the same parameter.
-            value = merge_offsets(self.read(), self._written, pending)
+            value = merge_offsets(self.read(attempts=1), self._written, pending)
             self._ssm.put_parameter(
                 Name=self.parameter,
                 Value=json.dumps(value, sort_keys=True, separators=(",", ":")),
@@ -155,3 +164,14 @@ class SsmOffsetStore:
             self._on_write()
         log.info("SSM %s = %s", self.parameter, json.dumps(pending, sort_keys=True))
         return True
+
+    def run_in_background(self, stop: threading.Event, tick_s: float = 0.5) -> threading.Thread:
+        """Flush whenever due on a thread of its own, so a slow SSM never stalls the caller."""
+
+        def loop() -> None:
+            while not stop.wait(tick_s):
+                self.flush()
+
+        thread = threading.Thread(target=loop, name="ssm-offsets", daemon=True)
+        thread.start()
+        return thread

@@ -74,6 +74,7 @@ class PublisherLoop:
         self.settings = settings
         self._reader_config = reader_config
         self._reader_consumer: Consumer | None = None
+        self._store_stop = threading.Event()
         self.consumer = consumer
         self.dlq = dlq_producer
         self.converter = converter
@@ -401,10 +402,13 @@ class PublisherLoop:
                 self.metrics.committed.labels(str(tp.partition)).set(tp.offset)
         if self.store is not None:
             self.store.advance(self.tracker.feed_offsets())
-            self.store.flush(force=force_ssm)
+            if force_ssm:
+                self.store.flush(force=True)  # otherwise the store's own thread writes when due
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
+        if self.store is not None:
+            self.store.run_in_background(self._store_stop)
         self.consumer.subscribe(
             [self.settings.kafka.topic], on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
         )
@@ -444,6 +448,7 @@ class PublisherLoop:
             self._drain(timeout=0)
         self._abandon_all = True
         left = self.tracker.unfinished()
+        self._store_stop.set()
         self._commit(force_ssm=True)  # safe even after a fatal error: only finished records count
         self._executor.shutdown(wait=True, cancel_futures=True)
         # Revocation during close must not commit again or wait for anything.
