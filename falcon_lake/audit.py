@@ -1,0 +1,314 @@
+"""`falcon-lake audit`: the fate of every Falcon offset — delivered (how often), dead-lettered, filtered, missing.
+
+The expected events come from the Falcon emulator's record file, from explicit offset
+ranges (with the events read from the raw topic), or from the raw topic alone (a real
+deployment). What landed comes from the CloudTrail emulator's SQLite database or from a
+file of UIDs exported from a CloudTrail Lake query. Dead letters come from the DLQ topic.
+Each expected event is converted again with the publisher's own filter and converter, so a
+filtered event is reported with the rule that dropped it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from falcon_lake import dead_letter
+from falcon_lake.headers import FEED, OFFSET, header_int, header_text
+from falcon_lake.kafka_config import client_config
+from falcon_lake.settings import SettingsError, load_filter, load_kafka
+
+DEFAULT_CHANNEL = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
+
+
+@dataclass(frozen=True)
+class ExpectedEvent:
+    feed: str
+    offset: int
+    raw: bytes
+
+
+@dataclass
+class AuditReport:
+    expected: int = 0
+    delivered: int = 0
+    duplicates: int = 0  # extra copies beyond the first
+    dead_lettered: Counter[str] = field(default_factory=Counter)  # reason -> count
+    filtered: Counter[str] = field(default_factory=Counter)  # rule -> count
+    missing: list[tuple[str, int, str]] = field(default_factory=list)  # feed, offset, expected id or reason
+    malformed_expected: int = 0
+    malformed_dead_lettered: int = 0
+    unexpected_in_lake: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and self.malformed_dead_lettered >= self.malformed_expected
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "expected": self.expected,
+            "delivered": self.delivered,
+            "duplicates": self.duplicates,
+            "dead_lettered": dict(self.dead_lettered),
+            "filtered": dict(self.filtered),
+            "missing": len(self.missing),
+            "missing_sample": [{"feed": f, "offset": o, "detail": d} for f, o, d in self.missing[:20]],
+            "malformed_lines_served": self.malformed_expected,
+            "malformed_lines_dead_lettered": self.malformed_dead_lettered,
+            "unexpected_in_lake": self.unexpected_in_lake,
+            "ok": self.ok,
+        }
+
+
+def read_record_file(path: str) -> tuple[list[ExpectedEvent], Counter[str]]:
+    """Events the Falcon emulator served (its --record file) and malformed lines per feed."""
+    events: list[ExpectedEvent] = []
+    malformed: Counter[str] = Counter()
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if entry.get("malformed"):
+                malformed[str(entry["feed"])] += 1
+                continue
+            raw = json.dumps(entry["event"], ensure_ascii=False, separators=(",", ":")).encode()
+            events.append(ExpectedEvent(str(entry["feed"]), int(entry["offset"]), raw))
+    return events, malformed
+
+
+def _consume_all(conf: Mapping[str, Any], topic: str) -> Iterable[Any]:
+    """Every record of a topic, start to end, without joining a group."""
+    consumer = Consumer({**conf, "group.id": "falcon-lake-audit", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=15)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            return
+        for partition in metadata.topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, partition, low)])
+            position = low
+            while position < high:
+                msg = consumer.poll(5.0)
+                if msg is None:
+                    raise RuntimeError(f"reading {topic}[{partition}] stalled at offset {position}")
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        break
+                    raise RuntimeError(error.str())
+                position = (msg.offset() or 0) + 1
+                yield msg
+            consumer.unassign()
+    finally:
+        consumer.close()
+
+
+def read_raw_topic(conf: Mapping[str, Any], topic: str) -> list[ExpectedEvent]:
+    events = []
+    for msg in _consume_all(conf, topic):
+        feed = header_text(msg.headers(), FEED)
+        offset = header_int(msg.headers(), OFFSET)
+        if feed is not None and offset is not None:
+            events.append(ExpectedEvent(feed, offset, msg.value() or b""))
+    return events
+
+
+def read_dead_letters(conf: Mapping[str, Any], topic: str) -> tuple[dict[tuple[str, int], str], Counter[str]]:
+    """(feed, offset) -> reason of converted/delivered dead letters; per feed, ingest-stage ones."""
+    by_offset: dict[tuple[str, int], str] = {}
+    ingest: Counter[str] = Counter()
+    for msg in _consume_all(conf, topic):
+        letter = dead_letter.read_dead_letter(msg.headers())
+        if letter.stage == "ingest":
+            ingest[letter.feed or "?"] += 1
+        elif letter.feed is not None and letter.falcon_offset is not None:
+            by_offset[(letter.feed, letter.falcon_offset)] = f"{letter.stage}:{letter.code}"
+    return by_offset, ingest
+
+
+def lake_id_counts_from_db(path: str) -> Counter[str]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return Counter({row[0]: row[1] for row in db.execute("SELECT id, COUNT(*) FROM audit_events GROUP BY id")})
+
+
+def lake_id_counts_from_file(path: str) -> Counter[str]:
+    """One UID per line (a CloudTrail Lake query export), or NDJSON objects with a UID field."""
+    counts: Counter[str] = Counter()
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                obj = json.loads(line)
+                line = str(obj.get("UID") or obj.get("uid") or obj.get("id"))
+            counts[line] += 1
+    return counts
+
+
+def audit(
+    expected: Sequence[ExpectedEvent],
+    lake_ids: Counter[str],
+    dead_letters: Mapping[tuple[str, int], str],
+    converter: Any,
+    malformed_served: Counter[str] | None = None,
+    malformed_dead_lettered: Counter[str] | None = None,
+) -> AuditReport:
+    """Classify every expected event. `converter` is a publisher Converter with the deployment's filter."""
+    from publisher.convert import AuditEvent, Rejected
+    from publisher.filter import Filtered
+
+    report = AuditReport(expected=len(expected))
+    expected_ids: set[str] = set()
+    for event in expected:
+        if not event.raw:
+            report.missing.append((event.feed, event.offset, "absent from the raw topic"))
+            continue
+        outcome = converter.convert(event.raw, event.feed)
+        reason = dead_letters.get((event.feed, event.offset))
+        if isinstance(outcome, Filtered):
+            report.filtered[outcome.rule] += 1
+        elif isinstance(outcome, AuditEvent):
+            expected_ids.add(outcome.id)
+            copies = lake_ids.get(outcome.id, 0)
+            if copies:
+                report.delivered += 1
+                report.duplicates += copies - 1
+            elif reason is not None:
+                report.dead_lettered[reason] += 1
+            else:
+                report.missing.append((event.feed, event.offset, outcome.id))
+        elif isinstance(outcome, Rejected):
+            if reason is not None:
+                report.dead_lettered[reason] += 1
+            else:
+                report.missing.append((event.feed, event.offset, f"rejected {outcome.code}, not in the DLQ"))
+    report.unexpected_in_lake = sum(1 for uid in lake_ids if uid not in expected_ids)
+    report.malformed_expected = sum((malformed_served or Counter()).values())
+    report.malformed_dead_lettered = sum((malformed_dead_lettered or Counter()).values())
+    return report
+
+
+def format_report(report: AuditReport) -> str:
+    lines = [
+        f"expected events      {report.expected}",
+        f"delivered            {report.delivered}  (duplicate copies: {report.duplicates})",
+        f"dead-lettered        {sum(report.dead_lettered.values())}"
+        + "".join(f"\n  {reason:<30} {n}" for reason, n in sorted(report.dead_lettered.items())),
+        f"filtered             {sum(report.filtered.values())}"
+        + "".join(f"\n  {rule:<30} {n}" for rule, n in sorted(report.filtered.items())),
+        f"malformed lines      {report.malformed_expected} served, {report.malformed_dead_lettered} in the DLQ",
+        f"missing              {len(report.missing)}",
+    ]
+    for feed, offset, detail in report.missing[:20]:
+        lines.append(f"  feed {feed} offset {offset}: {detail}")
+    if report.unexpected_in_lake:
+        lines.append(f"in the lake but not expected: {report.unexpected_in_lake} ids (other sources or earlier runs)")
+    lines.append("RESULT: nothing lost" if report.ok else "RESULT: EVENTS MISSING")
+    return "\n".join(lines)
+
+
+def _parse_range(text: str) -> tuple[str, int, int]:
+    try:
+        feed, span = text.split(":", 1)
+        start, end = span.split("-", 1)
+        return feed, int(start), int(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--range {text!r}: use FEED:START-END, e.g. 0:1-5000") from None
+
+
+def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="falcon-lake audit",
+        description="Report the fate of every Falcon offset: delivered (and how many times), dead-lettered "
+        "(reason), filtered (rule) or missing. Exit 1 when anything is missing.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--record", metavar="PATH", help="the Falcon emulator's --record file (what was served)")
+    source.add_argument("--from-topic", action="store_true", help="take the expected events from the raw topic")
+    parser.add_argument(
+        "--range",
+        action="append",
+        type=_parse_range,
+        default=[],
+        metavar="FEED:START-END",
+        help="with --from-topic: also require every offset in this range (repeatable)",
+    )
+    lake = parser.add_mutually_exclusive_group(required=True)
+    lake.add_argument("--lake-db", metavar="PATH", help="the CloudTrail emulator's SQLite database")
+    lake.add_argument("--lake-uids", metavar="PATH", help="UIDs exported from a CloudTrail Lake query, one per line")
+    parser.add_argument("--channel-arn", default=None, help="channel ARN (default: CLOUDTRAIL_LAKE_CHANNEL_ARN)")
+    parser.add_argument("--bootstrap-servers", default=None, help="Kafka (default: KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--topic", default=None, help="raw topic (default: KAFKA_TOPIC)")
+    parser.add_argument("--dlq-topic", default=None, help="DLQ topic (default: KAFKA_DLQ_TOPIC)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(list(argv))
+    environment = dict(os.environ if env is None else env)
+    for name, value in (
+        ("KAFKA_BOOTSTRAP_SERVERS", args.bootstrap_servers),
+        ("KAFKA_TOPIC", args.topic),
+        ("KAFKA_DLQ_TOPIC", args.dlq_topic),
+    ):
+        if value:
+            environment[name] = value
+    try:
+        kafka = load_kafka(environment)
+        filter_settings = load_filter(environment)
+    except SettingsError as exc:
+        print(f"falcon-lake audit: {exc}", file=sys.stderr)
+        return 2
+    from publisher.convert import Converter
+    from publisher.filter import EventFilter
+
+    channel = args.channel_arn or environment.get("CLOUDTRAIL_LAKE_CHANNEL_ARN") or DEFAULT_CHANNEL
+    try:
+        event_filter = EventFilter.from_options(
+            filter_settings.preset,
+            event_types=filter_settings.event_types or None,
+            include_services=filter_settings.include_services or None,
+            exclude_services=filter_settings.exclude_services or None,
+            include_operations=filter_settings.include_operations or None,
+            exclude_operations=filter_settings.exclude_operations or None,
+            max_age_days=filter_settings.max_age_days,
+        )
+        converter = Converter(channel, event_filter)
+    except ValueError as exc:
+        print(f"falcon-lake audit: {exc}", file=sys.stderr)
+        return 2
+    conf = client_config(kafka)
+    started = time.monotonic()
+    try:
+        malformed: Counter[str] = Counter()
+        if args.record:
+            expected, malformed = read_record_file(args.record)
+        else:
+            expected = read_raw_topic(conf, kafka.topic)
+            present = {(e.feed, e.offset) for e in expected}
+            for feed, start, end in args.range:
+                for offset in range(start, end + 1):
+                    if (feed, offset) not in present:
+                        expected.append(ExpectedEvent(feed, offset, b""))
+        letters, ingest_letters = read_dead_letters(conf, kafka.dlq_topic)
+        lake_ids = lake_id_counts_from_db(args.lake_db) if args.lake_db else lake_id_counts_from_file(args.lake_uids)
+    except (OSError, ValueError, RuntimeError, sqlite3.Error) as exc:
+        print(f"falcon-lake audit: {exc}", file=sys.stderr)
+        return 2
+    report = audit(expected, lake_ids, letters, converter, malformed, ingest_letters)
+    if args.json:
+        print(json.dumps({**report.as_dict(), "seconds": round(time.monotonic() - started, 2)}, indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
