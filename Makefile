@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m scripts.demo
+	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
 	scripts/kafka.sh fetch

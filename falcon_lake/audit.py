@@ -52,7 +52,9 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return not self.missing and self.malformed_dead_lettered >= self.malformed_expected
+        # Malformed lines carry no offset: one written just before a connection was torn down is
+        # never read, and a reconnect re-serves the offsets, not the garbage. They are reported only.
+        return not self.missing
 
     def as_dict(self) -> dict[str, Any]:
         return {
