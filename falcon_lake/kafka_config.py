@@ -47,6 +47,8 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,
         "error_cb": _log_error,
+        # librdkafka's own log lines go through Python logging (and its redaction), not raw stderr.
+        "logger": logging.getLogger("librdkafka"),
         "client.id": "falcon-lake",
     }
     if kafka.security == "tls":
