@@ -93,12 +93,15 @@ class FalconClient:
         """Values that must never be logged: the client secret and the current tokens."""
         return [self._client_secret.reveal()] + ([self._token] if self._token else [])
 
-    def _count(self, what: str, status: int) -> None:
+    def _count(self, what: str, status: int, response: requests.Response | None = None) -> None:
+        if response is not None:
+            # URLs carry the appId and offsets, never a credential (those travel in headers and bodies).
+            log.debug("%s: %s %s -> HTTP %d", what, response.request.method, response.url, status)
         if self._on_request is not None:
             self._on_request(what, status)
 
     def _check(self, what: str, response: requests.Response, ok: tuple[int, ...] = (200, 201)) -> None:
-        self._count(what, response.status_code)
+        self._count(what, response.status_code, response)
         if response.status_code not in ok:
             detail = ""
             try:
@@ -118,6 +121,7 @@ class FalconClient:
         with self._lock:
             if self._token is None or time.monotonic() >= self._renew_at:
                 self._token, ttl = self._request_token()
+                log.debug("new access token for client %s, valid %.0fs", self._client_id, ttl)
                 # About two minutes early; a short TTL (tests) renews at 90 % of its life.
                 self._renew_at = time.monotonic() + ttl - min(TOKEN_RENEW_EARLY_S, ttl * 0.1)
             return self._token
@@ -188,8 +192,11 @@ class FalconClient:
             timeout=(self._timeout, read_timeout_s),
         )
         if response.status_code != 200:
-            response.close()
-        self._check("stream", response, ok=(200,))
+            try:
+                self._check("stream", response, ok=(200,))  # reads the error body before the close
+            finally:
+                response.close()
+        self._count("stream", response.status_code, response)
         return response
 
     def refresh(self, feed: FeedSession) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import os
@@ -95,9 +96,15 @@ class Ingestor:
                 ensure_topic(admin, kafka.topic, kafka.topic_partitions)
                 ensure_topic(admin, kafka.dlq_topic, 1)
                 metadata = admin.list_topics(kafka.topic, timeout=30)
-                self.partitions = len(metadata.topics[kafka.topic].partitions)
-                return
-            except KafkaException as exc:
+                described = metadata.topics.get(kafka.topic)
+                # Just after creation the metadata may not list the partitions yet; 0 would break routing.
+                if described is not None and described.error is None and described.partitions:
+                    self.partitions = len(described.partitions)
+                    return
+                reason = described.error if described is not None else "not in the metadata"
+                log.info("topic %s not ready yet (%s); retrying in 1s", kafka.topic, reason)
+                self.stop.wait(1)
+            except (KafkaException, concurrent.futures.TimeoutError) as exc:
                 log.warning("Kafka at %s not usable yet (%s); retrying in 5s", kafka.bootstrap_servers, exc)
                 self.stop.wait(5)
 
@@ -176,10 +183,13 @@ class Ingestor:
         return self._shutdown(ops)
 
     def _shutdown(self, ops: OpsServer | None) -> int:
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        budget = self.settings.shutdown_timeout_s
+        # Keep a margin inside the budget for the ops server, the signal's wait and the interpreter's exit.
+        deadline = time.monotonic() + budget - min(1.0, budget / 4)
         assert self.supervisor is not None and self.sink is not None
         log.info("stopping: closing streams and flushing Kafka (up to %.0fs)", self.settings.shutdown_timeout_s)
-        self.supervisor.join(timeout=max(1.0, deadline - time.monotonic()))
+        self.supervisor.wake()
+        self.supervisor.join(timeout=max(0.5, deadline - time.monotonic()))
         left = self.producer.flush(max(0.0, deadline - time.monotonic()))
         self.client.close()
         if ops is not None:

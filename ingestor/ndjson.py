@@ -10,11 +10,13 @@ record (the bytes and the reason), never an exception.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _decoder = json.JSONDecoder()
+# The C scanner behind json.loads; calling it directly skips the wrapper's per-call overhead.
+_scan_once: Callable[[str, int], tuple[object, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,45 +82,50 @@ class LineSplitter:
 
 
 def _as_event(raw: bytes, obj: object) -> FalconEvent | Malformed:
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         return Malformed(raw, f"not a JSON object but {type(obj).__name__}")
     metadata = obj.get("metadata")
-    if not isinstance(metadata, dict):
+    if type(metadata) is not dict:
         return Malformed(raw, "no metadata object")
     offset = metadata.get("offset")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+    # type() is not isinstance(): a JSON bool is not an offset.
+    if type(offset) is not int or offset < 0:
         return Malformed(raw, f"metadata.offset is not a non-negative integer: {str(offset)[:40]!r}")
     event_type = metadata.get("eventType")
     cid = metadata.get("customerIDString")
     created = metadata.get("eventCreationTime")
     return FalconEvent(
-        raw=raw,
-        offset=offset,
-        event_type=event_type if isinstance(event_type, str) else "",
-        cid=cid if isinstance(cid, str) else "",
-        created_ms=created if isinstance(created, int) and not isinstance(created, bool) else None,
+        raw,
+        offset,
+        event_type if type(event_type) is str else "",
+        cid if type(cid) is str else "",
+        created if type(created) is int else None,
     )
 
 
-def parse_line(line: bytes) -> Iterator[FalconEvent | Malformed]:
+def parse_line(line: bytes) -> list[FalconEvent | Malformed]:
     """The events of one line: none for a blank line, several when objects are run together."""
     line = line.strip(b" \t\r\n")
     if not line:
-        return
+        return []
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        yield Malformed(line, f"invalid UTF-8 at byte {exc.start}")
-        return
+        return [Malformed(line, f"invalid UTF-8 at byte {exc.start}")]
     try:
-        yield _as_event(line, json.loads(text))
-        return
+        # The whole line is still parsed, so it is validated as JSON.
+        obj, end = _scan_once(text, 0)
     except RecursionError:
-        yield Malformed(line, "JSON nested too deeply")
-        return
-    except ValueError:
-        pass
-    # Objects run together with no newline ("}{"): decode them one by one.
+        return [Malformed(line, "JSON nested too deeply")]
+    except (ValueError, StopIteration):
+        end = -1
+    if end == len(text):
+        return [_as_event(line, obj)]
+    return list(_run_together(text))
+
+
+def _run_together(text: str) -> Iterator[FalconEvent | Malformed]:
+    """Objects run together with no newline ("}{"), or a line that is not JSON: decode one by one."""
     position = 0
     while position < len(text):
         while position < len(text) and text[position] in " \t\r":
@@ -128,7 +135,12 @@ def parse_line(line: bytes) -> Iterator[FalconEvent | Malformed]:
         try:
             obj, end = _decoder.raw_decode(text, position)
         except (ValueError, RecursionError) as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "JSON nested too deeply"
+            if isinstance(exc, json.JSONDecodeError):
+                reason = exc.msg
+            elif isinstance(exc, RecursionError):
+                reason = "JSON nested too deeply"
+            else:  # e.g. a number beyond Python's int digit limit
+                reason = str(exc)[:120]
             yield Malformed(text[position:].encode("utf-8"), f"invalid JSON: {reason}")
             return
         yield _as_event(text[position:end].encode("utf-8"), obj)

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import requests
 
@@ -85,7 +86,12 @@ def _abort(response: requests.Response) -> None:
 
 
 class FeedReader(threading.Thread):
-    """Reads one feed from `start` until the stream ends or the session is torn down."""
+    """Reads one feed from `start` until the stream ends or the session is torn down.
+
+    `on_progress(feed, last_offset)` reports the last offset handed to Kafka, once per network
+    chunk and once more before the thread ends; `on_end(feed, cause, detail, retry_after)` is
+    called when the stream failed or ended by itself (not when `close()` ended it).
+    """
 
     def __init__(
         self,
@@ -96,7 +102,7 @@ class FeedReader(threading.Thread):
         sink: KafkaEventSink,
         metrics: IngestorMetrics,
         read_timeout_s: float,
-        on_event: Callable[[str, int], None],
+        on_progress: Callable[[str, int], None],
         on_end: Callable[[str, str, str, float | None], None],
     ) -> None:
         super().__init__(name=f"feed-{feed.feed}", daemon=True)
@@ -107,12 +113,18 @@ class FeedReader(threading.Thread):
         self._sink = sink
         self._metrics = metrics
         self._read_timeout_s = read_timeout_s
-        self._on_event = on_event
+        self._on_progress = on_progress
         self._on_end = on_end
         self._response: requests.Response | None = None
         self._closing = threading.Event()
         self.last_offset: int | None = None if start is None else start - 1
         self.events = 0
+        # Counted per event, published per chunk (see _publish_progress).
+        self._unpublished = False
+        self._read_by_type: dict[str, int] = {}
+        self._read_bytes = 0
+        self._last_created_ms: int | None = None
+        self._read_counters: dict[str, Any] = {}
 
     def close(self) -> None:
         self._closing.set()
@@ -135,17 +147,45 @@ class FeedReader(threading.Thread):
                         continue
                     for item in parse_line(line):
                         self._handle(feed, item)
+                self._publish_progress()
                 if self._closing.is_set():
                     return
+            if self._closing.is_set():
+                return  # the end was ours (teardown), not the server's
             if splitter.pending().strip():
                 log.info("feed %s: stream ended inside a line; it is read again on reconnect", feed)
+            self._publish_progress()
             self._on_end(feed, "stream-end", "the server closed the stream", None)
         except _Abandoned:
             return
         except Exception as exc:  # every failure ends the session; the supervisor recovers
             if not self._closing.is_set():
                 cause, retry_after = _cause_of(exc)
+                self._publish_progress()
                 self._on_end(feed, cause, str(exc)[:300], retry_after)
+        finally:
+            self._publish_progress()
+
+    def _publish_progress(self) -> None:
+        """Metrics and the feed's position, once per network chunk rather than once per event."""
+        if not self._unpublished:
+            return
+        feed = self.feed.feed
+        metrics = self._metrics
+        for event_type, count in self._read_by_type.items():
+            child = self._read_counters.get(event_type)
+            if child is None:
+                child = self._read_counters[event_type] = metrics.events_read.labels(feed, event_type)
+            child.inc(count)
+        self._read_by_type.clear()
+        metrics.bytes_read.labels(feed).inc(self._read_bytes)
+        self._read_bytes = 0
+        self._unpublished = False
+        assert self.last_offset is not None
+        metrics.last_offset.labels(feed).set(self.last_offset)
+        if self._last_created_ms is not None:
+            metrics.event_age.labels(feed).set(max(0.0, time.time() - self._last_created_ms / 1000))
+        self._on_progress(feed, self.last_offset)
 
     def _dead_letter(self, feed: str, bad: Malformed) -> None:
         if not self._sink.dead_letter(feed, bad, self.last_offset, abandon=self._closing):
@@ -164,12 +204,12 @@ class FeedReader(threading.Thread):
             raise _Abandoned  # torn down while Kafka was full: the next session reads this offset again
         self.last_offset = item.offset
         self.events += 1
-        self._metrics.events_read.labels(feed, item.event_type or "unknown").inc()
-        self._metrics.bytes_read.labels(feed).inc(len(item.raw))
-        self._metrics.last_offset.labels(feed).set(item.offset)
+        event_type = item.event_type or "unknown"
+        self._read_by_type[event_type] = self._read_by_type.get(event_type, 0) + 1
+        self._read_bytes += len(item.raw)
         if item.created_ms is not None:
-            self._metrics.event_age.labels(feed).set(max(0.0, time.time() - item.created_ms / 1000))
-        self._on_event(feed, item.offset)
+            self._last_created_ms = item.created_ms
+        self._unpublished = True
 
 
 class StreamSupervisor(threading.Thread):
@@ -202,6 +242,10 @@ class StreamSupervisor(threading.Thread):
         self.connected = False
         self.error: BaseException | None = None
 
+    def wake(self) -> None:
+        """Stop waiting at once (call after setting the stop event), instead of at the next tick."""
+        self._ended.set()
+
     def positions(self) -> dict[str, int | None]:
         """Per feed, the offset the next connection starts at (None: newest)."""
         return dict(self._next)
@@ -210,26 +254,27 @@ class StreamSupervisor(threading.Thread):
         try:
             while not self._stopping.is_set():
                 started = time.monotonic()
-                events_before = sum(r.events for r in self._readers)
-                retry_after: float | None = None
+                ended: SessionEnded | None = None
                 try:
                     self._run_session()
-                except SessionEnded as ended:
-                    retry_after = ended.retry_after
+                except SessionEnded as exc:
+                    ended = exc
+                finally:
+                    self._teardown()
+                progressed = any(r.events for r in self._readers)
+                self._readers = []
+                if ended is not None:
+                    # Logged after the teardown, so the positions are those the next session uses.
                     self._metrics.reconnects.labels(ended.cause).inc()
                     where = ", ".join(f"feed {f} at {'newest' if o is None else o}" for f, o in self._next.items())
                     log.warning("stream %s: %s; reconnecting (%s)", ended.cause, ended.detail, where or "no feeds yet")
                     if ended.cause.endswith("-401"):
                         self._client.invalidate_token()
-                finally:
-                    self._teardown()
-                progressed = sum(r.events for r in self._readers) > events_before
                 if progressed or time.monotonic() - started > 60:
                     self._backoff.reset()
-                self._readers = []
                 if self._stopping.is_set():
                     break
-                delay = self._backoff.next_delay(retry_after)
+                delay = self._backoff.next_delay(ended.retry_after if ended is not None else None)
                 log.info("reconnecting in %.1fs", delay)
                 self._stopping.wait(delay)
         except BaseException as exc:  # a bug, not a transient error: stop the process loudly
@@ -242,8 +287,8 @@ class StreamSupervisor(threading.Thread):
             self._end = SessionEnded(cause, f"feed {feed}: {detail}", retry_after)
         self._ended.set()
 
-    def _on_event(self, feed: str, offset: int) -> None:
-        self._next[feed] = offset + 1
+    def _on_progress(self, feed: str, last_offset: int) -> None:
+        self._next[feed] = last_offset + 1
 
     def _run_session(self) -> None:
         self._end = None
@@ -273,7 +318,7 @@ class StreamSupervisor(threading.Thread):
                 self._sink,
                 self._metrics,
                 self._read_timeout_s,
-                self._on_event,
+                self._on_progress,
                 self._reader_ended,
             )
             for feed in feeds
@@ -286,7 +331,8 @@ class StreamSupervisor(threading.Thread):
         next_refresh = time.monotonic() + interval * REFRESH_AT
         while not self._stopping.is_set():
             if self._ended.wait(timeout=max(0.0, min(1.0, next_refresh - time.monotonic()))):
-                assert self._end is not None
+                if self._end is None:
+                    break  # woken by wake(): the process is stopping
                 raise self._end
             if time.monotonic() >= next_refresh:
                 for session in feeds:

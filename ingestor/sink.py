@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from falcon_lake import dead_letter
+from falcon_lake import headers as headers_
 from ingestor.metrics import IngestorMetrics
 from ingestor.ndjson import FalconEvent, Malformed
 from ingestor.resume import partition_for
 
 log = logging.getLogger(__name__)
+
+
+# Below the producer's message.max.bytes (1,000,000 by default), leaving room for key and headers.
+DLQ_VALUE_LIMIT = 900_000
+
+
+def _too_large(exc: KafkaException) -> bool:
+    """Kafka refused the record for its size: retrying can never help."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE
 
 
 class ProducerFailed(RuntimeError):
@@ -41,6 +53,8 @@ class KafkaEventSink:
         self._metrics = metrics
         self._stop = stop
         self._partition_of: dict[str, int] = {}
+        self._feed_header: dict[str, bytes] = {}
+        self._callbacks: dict[tuple[str, str], Callable[[KafkaError | None, Message], None]] = {}
         self.fatal: KafkaError | None = None
 
     def partition(self, feed: str) -> int:
@@ -50,53 +64,118 @@ class KafkaEventSink:
         return partition
 
     def send(self, feed: str, event: FalconEvent, abandon: threading.Event | None = None) -> bool:
-        """Queue the event for Kafka; False when `abandon` was set while waiting for queue space."""
-        headers = [
-            ("falcon.feed", feed.encode()),
-            ("falcon.offset", str(event.offset).encode()),
-            ("falcon.event_type", event.event_type.encode()),
-            ("falcon.cid", event.cid.encode()),
+        """Queue the event for Kafka; False when `abandon` was set while waiting for queue space.
+
+        An event larger than Kafka accepts cannot ever be sent: it goes to the DLQ with that reason
+        (and the wait for its delivery), so the feed moves on instead of failing on it forever.
+        """
+        headers = self._event_headers(feed, event)
+        delivered = self._delivery_report(feed, event.event_type or "unknown")
+        try:
+            if self.fatal is None:
+                try:
+                    # The hot path: one call, no per-event allocations beyond the headers.
+                    self._producer.produce(
+                        self._topic, event.raw, feed, self.partition(feed), on_delivery=delivered, headers=headers
+                    )
+                    return True
+                except BufferError:
+                    pass
+            return self._produce(self._topic, feed, event.raw, self.partition(feed), headers, delivered, abandon)
+        except KafkaException as exc:
+            if not _too_large(exc):
+                raise
+        reason = f"event of {len(event.raw)} bytes is larger than Kafka accepts"
+        return self.dead_letter(feed, Malformed(event.raw, reason), None, abandon, "too_large", headers)
+
+    def _event_headers(self, feed: str, event: FalconEvent) -> list[tuple[str, str | bytes | None]]:
+        headers: list[tuple[str, str | bytes | None]] = [
+            (headers_.FEED, self._feed_bytes(feed)),
+            (headers_.OFFSET, b"%d" % event.offset),
+            (headers_.EVENT_TYPE, event.event_type.encode()),
+            (headers_.CID, event.cid.encode()),
         ]
         if event.created_ms is not None:
-            headers.append(("falcon.created_ms", str(event.created_ms).encode()))
-        size = len(event.raw)
-        event_type = event.event_type or "unknown"
+            headers.append((headers_.CREATED_MS, b"%d" % event.created_ms))
+        return headers
 
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                self._metrics.events_produced.labels(feed, event_type).inc()
-                self._metrics.bytes_produced.labels(feed).inc(size)
-            else:
-                self._failed(err)
+    def _feed_bytes(self, feed: str) -> bytes:
+        value = self._feed_header.get(feed)
+        if value is None:
+            value = self._feed_header[feed] = feed.encode()
+        return value
 
-        return self._produce(self._topic, feed, event.raw, self.partition(feed), headers, delivered, abandon)
+    def _delivery_report(self, feed: str, event_type: str) -> Callable[[KafkaError | None, Message], None]:
+        """One callback per (feed, event type), made once: it counts into pre-labelled metrics."""
+        key = (feed, event_type)
+        callback = self._callbacks.get(key)
+        if callback is None:
+            events = self._metrics.events_produced.labels(feed, event_type)
+            size = self._metrics.bytes_produced.labels(feed)
+
+            def callback(err: KafkaError | None, msg: Message) -> None:
+                if err is None:
+                    events.inc()
+                    size.inc(len(msg))
+                else:
+                    self._failed(err)
+
+            self._callbacks[key] = callback
+        return callback
 
     def dead_letter(
-        self, feed: str, bad: Malformed, last_good_offset: int | None, abandon: threading.Event | None = None
+        self,
+        feed: str,
+        bad: Malformed,
+        last_good_offset: int | None,
+        abandon: threading.Event | None = None,
+        code: str = "undecodable",
+        original: list[tuple[str, str | bytes | None]] | None = None,
     ) -> bool:
-        """Queue the undecodable bytes for the DLQ; False when `abandon` was set while waiting."""
-        headers = dead_letter.dlq_headers(
-            stage="ingest",
-            code="undecodable",
-            message=bad.reason,
-            original=[("falcon.feed", feed.encode())],
-            last_good_offset=last_good_offset,
-        )
+        """Write the bytes to the DLQ with the reason and wait until Kafka has them.
+
+        `original`: the record's falcon.* headers when known (else just the feed). False when
+        `abandon` was set while waiting (the record may still arrive). Bytes larger than Kafka
+        accepts are cut to DLQ_VALUE_LIMIT, and the message says so.
+        """
+        falcon_headers = [(k, v) for k, v in original or [(headers_.FEED, feed.encode())] if isinstance(v, bytes)]
+        offset = dict(falcon_headers).get(headers_.OFFSET)
+        what = f"offset {offset.decode()}" if offset else f"line after offset {last_good_offset}"
         log.warning(
-            "feed %s: undecodable line after offset %s (%s), %d bytes sent to %s",
-            feed,
-            last_good_offset,
-            bad.reason,
-            len(bad.raw),
-            self._dlq_topic,
+            "feed %s: %s %s (%s), %d bytes sent to %s", feed, code, what, bad.reason, len(bad.raw), self._dlq_topic
         )
-        self._metrics.dead_lettered.labels(feed, bad.reason.split(":")[0][:40]).inc()
+        reason_label = bad.reason.split(":")[0][:40] if code == "undecodable" else code
+        self._metrics.dead_lettered.labels(feed, reason_label).inc()
+        done = threading.Event()
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 self._failed(err)
+            done.set()
 
-        return self._produce(self._dlq_topic, feed, bad.raw, None, headers, delivered, abandon)
+        value, message = bad.raw, bad.reason
+        while True:
+            headers = dead_letter.dlq_headers(
+                "ingest", code, message, falcon_headers, last_good_offset=last_good_offset
+            )
+            try:
+                if not self._produce(self._dlq_topic, feed, value, None, headers, delivered, abandon):
+                    return False
+                break
+            except KafkaException as exc:
+                if not _too_large(exc) or len(value) <= DLQ_VALUE_LIMIT:
+                    raise
+                message = f"{bad.reason}; value cut to its first {DLQ_VALUE_LIMIT} of {len(bad.raw)} bytes"
+                value = bad.raw[:DLQ_VALUE_LIMIT]
+        # The DLQ is another partition: without this wait the events after the line could reach
+        # Kafka first, and a kill -9 then would resume past a line the DLQ never got. Such lines are rare.
+        while not done.is_set():
+            if self.fatal is not None:
+                raise ProducerFailed(self.fatal.str())
+            if abandon is not None and abandon.is_set():
+                return False
+            self._producer.poll(0.05)
+        return True
 
     def _produce(
         self,
