@@ -7,6 +7,7 @@ connect the same way.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,34 @@ def msk_iam_oauth_cb(
     return oauth_cb
 
 
+class RepeatFilter(logging.Filter):
+    """Lets the same message through at most once per `every_s`: a broker outage retries
+    connections every second and would otherwise flood the log."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self._every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Drop digits so "after 0ms" and "after 1ms" count as the same message.
+        key = "".join(c for c in record.getMessage() if not c.isdigit())
+        now = time.monotonic()
+        if now - self._last.get(key, float("-inf")) < self._every_s:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+_librdkafka_log = logging.getLogger("librdkafka")
+_librdkafka_log.addFilter(RepeatFilter())
+log.addFilter(RepeatFilter())
+
+
 def _log_error(err: KafkaError) -> None:
-    # Transport errors are retried by librdkafka itself; say so once per error, not per retry.
+    # Transport errors are retried by librdkafka itself; repeats are filtered (RepeatFilter).
     log.warning("kafka: %s", err.str())
 
 
@@ -48,7 +75,7 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
         "bootstrap.servers": kafka.bootstrap_servers,
         "error_cb": _log_error,
         # librdkafka's own log lines go through Python logging (and its redaction), not raw stderr.
-        "logger": logging.getLogger("librdkafka"),
+        "logger": _librdkafka_log,
         "client.id": "falcon-lake",
     }
     if kafka.security == "tls":
