@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -67,13 +67,14 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() == -191:  # _PARTITION_EOF
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
                     at_eof.add(msg.partition() or 0)
                     if expected is None and len(at_eof) >= partitions:
                         break
                     continue
-                raise KafkaException(msg.error())
+                raise KafkaException(error)
             records.append(msg)
             if expected is not None and len(records) >= expected:
                 break
