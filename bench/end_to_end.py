@@ -11,6 +11,7 @@ the CloudTrail emulator's receive time minus the event's eventCreationTime.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import signal
@@ -78,6 +79,7 @@ def run(
     db_path = work / "lake.db"
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     moto_port = _free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()

@@ -277,15 +277,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
 
     channel = args.channel_arn or environment.get("CLOUDTRAIL_LAKE_CHANNEL_ARN") or DEFAULT_CHANNEL
     try:
-        event_filter = EventFilter.from_options(
-            filter_settings.preset,
-            event_types=filter_settings.event_types or None,
-            include_services=filter_settings.include_services or None,
-            exclude_services=filter_settings.exclude_services or None,
-            include_operations=filter_settings.include_operations or None,
-            exclude_operations=filter_settings.exclude_operations or None,
-            max_age_days=filter_settings.max_age_days,
-        )
+        event_filter = EventFilter.from_settings(filter_settings)
         converter = Converter(channel, event_filter)
     except ValueError as exc:
         print(f"falcon-lake audit: {exc}", file=sys.stderr)

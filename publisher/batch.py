@@ -11,11 +11,17 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_EVENTS = 100
 MAX_REQUEST_BYTES = 1_000_000
-# {"auditEvents":[ ... ]} plus the commas between entries.
-_ENVELOPE_BYTES = 20
+# botocore writes the body with json.dumps' defaults: ASCII only (\uXXXX escapes) and ", " / ": "
+# separators. The sizes below are of exactly that text: '{"auditEvents": [' + ']}'.
+_ENVELOPE_BYTES = 19
+# '{"id": ' + ', "eventData": ' + '}' + the ', ' before every entry but the first (counted for all).
+_ENTRY_BYTES = 7 + 15 + 1 + 2
+# ', "eventDataChecksum": ' + the quoted 44 characters of base64(SHA-256).
+_CHECKSUM_BYTES = 23 + 46
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,7 @@ class BatchEntry:
     offset: int
     created_ms: int | None
     size: int  # bytes this entry adds to the request body
+    record: Any = None  # the Kafka message it came from: a rejected event goes to the DLQ as it was
 
     def as_request(self, checksum: bool) -> dict[str, str]:
         entry = {"id": self.id, "eventData": self.event_data}
@@ -40,9 +47,11 @@ def event_data_checksum(event_data: str) -> str:
 
 
 def entry_size(audit_id: str, event_data: str, checksum: bool) -> int:
-    """Bytes one entry adds to the JSON request body (eventData is a JSON string inside JSON)."""
-    size = len(json.dumps(event_data, ensure_ascii=False).encode("utf-8")) + len(audit_id) + 24
-    return size + (60 if checksum else 0) + 1
+    """Bytes one entry adds to the request body as botocore serialises it (eventData is a JSON
+    string inside JSON, every non-ASCII character escaped as \\uXXXX), so a batch that fits
+    here fits the 1 MB limit on the wire."""
+    size = len(json.dumps(event_data)) + len(json.dumps(audit_id)) + _ENTRY_BYTES
+    return size + (_CHECKSUM_BYTES if checksum else 0)
 
 
 @dataclass

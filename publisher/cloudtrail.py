@@ -43,8 +43,13 @@ CHANNEL_ERRORS = frozenset(
         "ExpiredTokenException",
         "InvalidClientTokenId",
         "SignatureDoesNotMatch",
+        # Not the events' fault either: a request nothing could answer (wrong endpoint, signing).
+        "IncompleteSignatureException",
+        "UnknownOperationException",
     }
 )
+# Whole-request errors that may be caused by one event of the batch: sent one by one, then DLQ.
+REQUEST_DATA_ERRORS = frozenset({"ValidationException", "SerializationException"})
 THROTTLING_ERRORS = frozenset(
     {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "SlowDown"}
 )
@@ -177,7 +182,7 @@ class CloudTrailSender:
                     self._pause(channel_attempt, self._channel_retry_s, self._channel_retry_cap_s, abandon)
                     channel_attempt += 1
                     continue
-                if code == "DuplicatedAuditEventId" or (code == "ValidationException" and len(pending) > 1):
+                if code == "DuplicatedAuditEventId" or (code in REQUEST_DATA_ERRORS and len(pending) > 1):
                     # Something in the batch is wrong as a whole: send the entries one by one to find it.
                     log.warning("%s on a batch of %d; re-sending entries one by one", code, len(pending))
                     for entry in pending.entries:
@@ -189,12 +194,17 @@ class CloudTrailSender:
                         result.requests += part.requests
                         result.retries += part.retries
                     return result
-                if code == "ValidationException" or (
-                    400 <= status < 500 and code not in THROTTLING_ERRORS and status != 429
-                ):
+                if code in REQUEST_DATA_ERRORS:
                     for entry in pending.entries:
-                        result.rejected.append((entry, code or f"HTTP{status}", message))
+                        result.rejected.append((entry, code, message))
                     return result
+                if 400 <= status < 500 and code not in THROTTLING_ERRORS and status != 429:
+                    # An error nobody listed: not known to be the events' fault, so they are not
+                    # dead-lettered; like a channel error, stop and retry slowly, loudly.
+                    self._health.down(f"{code or f'HTTP {status}'}: {message}")
+                    self._pause(channel_attempt, self._channel_retry_s, self._channel_retry_cap_s, abandon)
+                    channel_attempt += 1
+                    continue
                 if code in THROTTLING_ERRORS or status == 429:
                     self._limiter.throttled()
                 result.retries += 1
@@ -209,9 +219,7 @@ class CloudTrailSender:
                 transient_attempt += 1
                 continue
 
-            self._health.up()
             self._limiter.succeeded()
-            channel_attempt = 0
             request_id = response.get("ResponseMetadata", {}).get("RequestId", "")
             result.request_ids.append(request_id)
             by_id = {entry.id: entry for entry in pending.entries}
@@ -235,6 +243,14 @@ class CloudTrailSender:
                     result.rejected.append((failed_entry, code, str(failed.get("errorMessage", ""))[:500]))
             # An id the answer does not mention is not known to be stored: send it again.
             retry_ids.update(by_id)
+            if channel_problem is None:
+                self._health.up()  # only now: an answer failing every event AccountNotSubscribed is no sign of life
+                channel_attempt = 0
+            # Per-event Throttling/InternalFailure: those entries are re-sent after a pause. The request
+            # rate is not cut for them (a few such events in every answer cut it to its floor), and
+            # while answers accept something the pause stays short instead of growing.
+            if len(pending) > len(retry_ids):
+                transient_attempt = 0
             pending = retry_batch(pending, retry_ids)
             if len(pending):
                 result.retries += 1
@@ -243,7 +259,6 @@ class CloudTrailSender:
                     self._pause(channel_attempt, self._channel_retry_s, self._channel_retry_cap_s, abandon)
                     channel_attempt += 1
                 else:
-                    self._limiter.throttled()
                     self._pause(transient_attempt, self._backoff_base_s, self._backoff_cap_s, abandon)
                     transient_attempt += 1
         return result

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from falcon_lake.settings import FilterSettings
 from schemas import load_schemas
 
 RULE_EVENT_TYPE = "event-type"
@@ -125,6 +126,22 @@ class EventFilter:
             include_operations=base.include_operations if include_operations is None else include_operations,
             exclude_operations=base.exclude_operations if exclude_operations is None else exclude_operations,
             max_age_days=base.max_age_days if max_age_days is None else max_age_days,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings) -> EventFilter:
+        """The filter FILTER_PRESET and the FILTER_* rules describe (an empty rule keeps the preset's).
+
+        ValueError (one line) for a bad rule.
+        """
+        return cls.from_options(
+            settings.preset,
+            event_types=settings.event_types or None,
+            include_services=settings.include_services or None,
+            exclude_services=settings.exclude_services or None,
+            include_operations=settings.include_operations or None,
+            exclude_operations=settings.exclude_operations or None,
+            max_age_days=settings.max_age_days,
         )
 
     def check_event_type(self, event_type: str) -> Filtered | None:

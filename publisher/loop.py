@@ -1,10 +1,12 @@
 """The publisher's consumer loop: consume → filter → convert → batch → deliver → commit.
 
 One thread owns the Kafka consumer, the offset tracker and the batches; sender threads
-only deliver batches and hand results back through a queue. A record's offset is
-committed (Kafka, then SSM) only once it and every record before it in its partition
-were accepted by CloudTrail, dead-lettered (DLQ write acknowledged) or filtered by a
-named rule.
+only deliver batches and hand results back through a queue, and conversion runs in a
+worker process (`Conversions`) so that it competes neither with the consumer thread nor,
+through the GIL, with the senders. A record's offset is committed (Kafka, then SSM) only
+once it and every record before it in its partition were accepted by CloudTrail,
+dead-lettered (DLQ write acknowledged) or filtered by a named rule; it is committed as
+soon as that is so, which keeps a crash's re-sends to the requests that were in flight.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -24,9 +25,10 @@ from falcon_lake import dead_letter
 from falcon_lake.headers import CREATED_MS, EVENT_TYPE, FEED, OFFSET, as_bytes_pairs, header_int, header_text
 from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.settings import PublisherSettings
-from publisher.batch import AuditEventBatch, BatchEntry, entry_size
+from publisher.batch import AuditEventBatch, BatchEntry
 from publisher.cloudtrail import Abandoned, ChannelHealth, CloudTrailSender, DeliveryResult
-from publisher.convert import AuditEvent, Converter, Rejected
+from publisher.conversion import AUDIT_EVENT, FILTERED, Conversions, Converted
+from publisher.convert import Converter
 from publisher.filter import EventFilter, Filtered
 from publisher.metrics import PublisherMetrics
 from publisher.offset_tracker import OffsetTracker
@@ -34,6 +36,8 @@ from publisher.offset_tracker import OffsetTracker
 log = logging.getLogger(__name__)
 
 COMMIT_EVERY_S = 1.0
+# Records read (and converted) together: small enough that a chunk is converted in a few ms.
+CONSUME_CHUNK = 250
 SUMMARY_EVERY_S = 30.0
 
 
@@ -43,8 +47,24 @@ class _PartitionState:
     open_batch: AuditEventBatch | None = None
     ready: deque[AuditEventBatch] = field(default_factory=deque)
     in_flight: int = 0
+    # Batches sent, oldest first, until every older one finished too: their records can be
+    # stored by CloudTrail yet not committable, so this window bounds a crash's re-sends.
+    window: deque[AuditEventBatch] = field(default_factory=deque)
+    finished: set[int] = field(default_factory=set)  # id() of finished batches still in the window
     batch_ids: set[str] = field(default_factory=set)
-    committed: int | None = None
+    committed: int | None = None  # acknowledged by a synchronous commit
+    commit_sent: int | None = None  # asked for, perhaps asynchronously
+
+
+@dataclass(frozen=True, slots=True)
+class _Converting:
+    """A consumed record waiting for its conversion result."""
+
+    msg: Message
+    partition: int
+    generation: int
+    offset: int
+    created_ms: int | None
 
 
 @dataclass
@@ -69,11 +89,11 @@ class PublisherLoop:
         offset_store: SsmOffsetStore | None,
         metrics: PublisherMetrics,
         stop: threading.Event,
-        reader_config: dict[str, Any],
+        conversions: Conversions | None = None,
     ) -> None:
         self.settings = settings
-        self._reader_config = reader_config
-        self._reader_consumer: Consumer | None = None
+        self.conversions = conversions or Conversions(settings, converter, processes=0)
+        self._converting: deque[tuple[list[_Converting], Future[list[Converted]]]] = deque()
         self._store_stop = threading.Event()
         self.consumer = consumer
         self.dlq = dlq_producer
@@ -88,11 +108,11 @@ class PublisherLoop:
         self.partitions: dict[int, _PartitionState] = {}
         self._generation = 0
         self._completions: queue.Queue[_Completion] = queue.Queue()
-        workers = min(64, max(4, settings.max_in_flight_per_partition * settings.kafka.topic_partitions))
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver")
+        self._executor = ThreadPoolExecutor(max_workers=delivery_workers(settings), thread_name_prefix="deliver")
         self._paused: set[int] = set()
         self._abandon_all = False
         self._next_commit = time.monotonic() + COMMIT_EVERY_S
+        self._progress = False  # something became committable since the last commit
         self.fatal: str | None = None
         self.assigned_once = False
         self.counts = {"consumed": 0, "filtered": 0, "accepted": 0, "dead_lettered": 0, "requests": 0}
@@ -147,44 +167,73 @@ class PublisherLoop:
             self._paused.discard(p)
 
     # ---- per record ---------------------------------------------------------------------------
-    def _handle(self, msg: Message) -> None:
-        partition, offset = msg.partition() or 0, msg.offset() or 0
-        state = self.partitions.get(partition)
-        if state is None:
-            return
-        headers = msg.headers()
-        key = msg.key()
-        feed = header_text(headers, FEED) or (key.decode("utf-8", "replace") if isinstance(key, bytes) else "0")
-        falcon_offset = header_int(headers, OFFSET)
-        self.tracker.add(partition, offset, feed, falcon_offset)
-        self.metrics.consumed.labels(str(partition)).inc()
-        self.counts["consumed"] += 1
+    def _accept(self, messages: list[Message]) -> None:
+        """Track every consumed record, drop what the event-type header rules out, and send the
+        rest to conversion as one chunk (results are applied in order by `_collect`)."""
+        chunk: list[tuple[bytes, str]] = []
+        waiting: list[_Converting] = []
+        consumed: dict[int, int] = {}
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume: %s", error.str())
+                continue
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            state = self.partitions.get(partition)
+            if state is None:
+                continue
+            headers = msg.headers()
+            key = msg.key()
+            feed = header_text(headers, FEED) or (key.decode("utf-8", "replace") if isinstance(key, bytes) else "0")
+            falcon_offset = header_int(headers, OFFSET)
+            self.tracker.add(partition, offset, feed, falcon_offset)
+            consumed[partition] = consumed.get(partition, 0) + 1
+            event_type = header_text(headers, EVENT_TYPE)
+            if event_type is not None:
+                filtered = self.filter.check_event_type(event_type)  # never parses JSON
+                if filtered is not None:
+                    self._filtered(partition, offset, filtered)
+                    continue
+            chunk.append((msg.value() or b"", feed))
+            waiting.append(_Converting(msg, partition, state.generation, offset, header_int(headers, CREATED_MS)))
+        for partition, count in consumed.items():
+            self.metrics.consumed.labels(str(partition)).inc(count)
+            self.counts["consumed"] += count
+        if chunk:
+            self._converting.append((waiting, self.conversions.submit(chunk)))
 
-        event_type = header_text(headers, EVENT_TYPE)
-        outcome: AuditEvent | Filtered | Rejected | None = None
-        if event_type is not None:
-            outcome = self.filter.check_event_type(event_type)  # never parses JSON
-        if outcome is None:
-            outcome = self.converter.convert(msg.value() or b"", feed)
-        if isinstance(outcome, Filtered):
-            self.metrics.filtered.labels(outcome.rule).inc()
-            self.counts["filtered"] += 1
-            log.debug("filtered %s:%d (%s: %s)", feed, falcon_offset, outcome.rule, outcome.detail)
-            self.tracker.finish(partition, offset)
-        elif isinstance(outcome, Rejected):
-            self._dead_letter(msg, "convert", outcome.code, outcome.message)
-        else:
-            self.metrics.converted.inc()
-            created = header_int(headers, CREATED_MS)
-            entry = BatchEntry(
-                outcome.id,
-                outcome.event_data,
-                partition,
-                offset,
-                created,
-                entry_size(outcome.id, outcome.event_data, self.settings.checksum),
-            )
-            self._add_to_batch(state, entry)
+    def _collect(self) -> None:
+        """Apply the conversion results that are ready, in consume order."""
+        while self._converting and self._converting[0][1].done():
+            waiting, future = self._converting.popleft()
+            try:
+                results = future.result()
+            except Exception as exc:  # the worker process died: nothing converts any more
+                self.fatal = f"conversion failed: {type(exc).__name__}: {exc}"
+                self.stop.set()
+                return
+            for record, (kind, first, second, size) in zip(waiting, results, strict=True):
+                state = self.partitions.get(record.partition)
+                if state is None or state.generation != record.generation:
+                    continue  # revoked meanwhile: the next owner reads it again
+                if kind == AUDIT_EVENT:
+                    self.metrics.converted.inc()
+                    entry = BatchEntry(
+                        first, second, record.partition, record.offset, record.created_ms, size, record.msg
+                    )
+                    self._add_to_batch(state, entry)
+                elif kind == FILTERED:
+                    self._filtered(record.partition, record.offset, Filtered(first, second))
+                else:
+                    self._dead_letter(record.msg, "convert", first, second)
+
+    def _filtered(self, partition: int, offset: int, filtered: Filtered) -> None:
+        self.metrics.filtered.labels(filtered.rule).inc()
+        self.counts["filtered"] += 1
+        log.debug("filtered [%d]@%d (%s: %s)", partition, offset, filtered.rule, filtered.detail)
+        self.tracker.finish(partition, offset)
+        self._progress = True
 
     def _add_to_batch(self, state: _PartitionState, entry: BatchEntry) -> None:
         batch = state.open_batch
@@ -231,6 +280,7 @@ class PublisherLoop:
             state = self.partitions.get(partition)
             if state is not None and state.generation == generation:
                 self.tracker.finish(partition, offset)
+                self._progress = True
 
         while True:
             try:
@@ -253,10 +303,13 @@ class PublisherLoop:
             batch = state.open_batch
             if batch is not None and len(batch) and (force or now - batch.opened_at >= linger):
                 self._seal(state)
-            while state.ready and state.in_flight < self.settings.max_in_flight_per_partition:
+            # At most max_in_flight batches from the oldest unfinished one on, not just in flight:
+            # one slow request must not let later ones run ahead (stored, not committable) unboundedly.
+            while state.ready and len(state.window) < self.settings.max_in_flight_per_partition:
                 if not self.health.is_up and state.in_flight > 0:
                     break  # the channel is down: the requests already out keep probing it
                 batch = state.ready.popleft()
+                state.window.append(batch)
                 state.in_flight += 1
                 self.metrics.in_flight.inc()
                 self.metrics.batch_size.observe(len(batch))
@@ -296,6 +349,9 @@ class PublisherLoop:
         current = state is not None and state.generation == done.generation
         if state is not None and current:
             state.in_flight -= 1
+            state.finished.add(id(done.batch))
+            while state.window and id(state.window[0]) in state.finished:
+                state.finished.discard(id(state.window.popleft()))
         if done.error is not None:
             self.fatal = f"delivery failed: {done.error}"
             self.stop.set()
@@ -306,6 +362,7 @@ class PublisherLoop:
         self.counts["requests"] += result.requests
         self.metrics.retries.inc(result.retries)
         now = time.time()
+        self._progress = True
         for entry in result.accepted:
             self.tracker.finish(entry.partition, entry.offset)
             if entry.created_ms is not None:
@@ -323,56 +380,31 @@ class PublisherLoop:
             ids[-1],
             ",".join(r for r in result.request_ids if r)[-80:] or "-",
         )
-        if result.rejected:
-            records = {e.offset: e for e in done.batch.entries}
-            for entry, code, message in result.rejected:
-                self.metrics.failed.labels(code).inc()
-                self._dead_letter_entry(records[entry.offset], code, message)
-
-    def _dead_letter_entry(self, entry: BatchEntry, code: str, message: str) -> None:
-        # The original record is needed for the DLQ (its bytes and headers): read it back.
-        tp = TopicPartition(self.settings.kafka.topic, entry.partition, entry.offset)
-        msg = self._fetch(tp)
-        if msg is None:
-            self.fatal = f"cannot re-read {tp.topic}[{tp.partition}]@{tp.offset} for the DLQ"
-            self.stop.set()
-            return
-        self._dead_letter(msg, "deliver", code, message)
-
-    def _fetch(self, tp: TopicPartition) -> Message | None:
-        reader = self._reader()
-        reader.assign([tp])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msg = reader.poll(1.0)
-            if msg is not None and not msg.error() and msg.offset() == tp.offset:
-                reader.unassign()
-                return msg
-        reader.unassign()
-        return None
-
-    def _reader(self) -> Consumer:
-        if self._reader_consumer is None:
-            self._reader_consumer = Consumer(
-                {
-                    **self._reader_config,
-                    "group.id": f"{self.settings.kafka.group_id}-dlq-reader",
-                    "enable.auto.commit": False,
-                }
-            )
-        return self._reader_consumer
+        for entry, code, message in result.rejected:
+            self.metrics.failed.labels(code).inc()
+            if entry.record is None:
+                self.fatal = f"no source record for rejected event {entry.id}"
+                self.stop.set()
+                return
+            self._dead_letter(entry.record, "deliver", code, message)
 
     # ---- flow control and commits -------------------------------------------------------------
     def _flow_control(self) -> None:
         self.metrics.channel_up.set(1 if self.health.is_up else 0)
-        unfinished = self.tracker.unfinished()
-        self.metrics.buffered.set(unfinished)
-        limit = self.settings.max_buffered_records
+        self.metrics.buffered.set(self.tracker.unfinished())
         want_paused: set[int] = set()
-        if not self.health.is_up or unfinished >= limit or self.stop.is_set():
+        if not self.health.is_up or self.stop.is_set():
             want_paused = set(self.partitions)
-        elif self._paused and unfinished > limit // 2:
-            want_paused = set(self._paused) & set(self.partitions)
+        elif self.partitions:
+            # Each partition gets its share of the buffer: one busy partition must not fill it and
+            # leave the others (and their in-flight slots) idle. Resume at three quarters of the
+            # share, while the partition still has batches enough to send until new records are
+            # fetched and converted (at half, its senders ran dry every time).
+            share = max(self.settings.batch_max_events, self.settings.max_buffered_records // len(self.partitions))
+            for p in self.partitions:
+                unfinished = self.tracker.unfinished(p)
+                if unfinished >= share or (p in self._paused and unfinished > share * 3 // 4):
+                    want_paused.add(p)
         topic = self.settings.kafka.topic
         to_pause = want_paused - self._paused
         to_resume = (self._paused - want_paused) & set(self.partitions)
@@ -382,28 +414,57 @@ class PublisherLoop:
             self.consumer.resume([TopicPartition(topic, p) for p in to_resume])
         self._paused = (self._paused | to_pause) - to_resume
 
-    def _commit(self, only: list[int] | None = None, force_ssm: bool = False) -> None:
+    def _commit(self, only: list[int] | None = None, force_ssm: bool = False, asynchronous: bool = False) -> None:
+        """Commit every partition's finished prefix. Synchronous commits (every COMMIT_EVERY_S,
+        at revocation and shutdown) confirm it and then advance the SSM offsets; asynchronous
+        ones go out as soon as anything is finished, so that a crash re-sends little."""
         topic = self.settings.kafka.topic
         offsets = []
         for p, commit_at in self.tracker.commit_offsets().items():
             state = self.partitions.get(p)
             if state is None or (only is not None and p not in only):
                 continue
-            if state.committed is None or commit_at > state.committed:
+            done = state.commit_sent if asynchronous else state.committed
+            if done is None or commit_at > done:
                 offsets.append(TopicPartition(topic, p, commit_at))
         if offsets:
             try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                if asynchronous:
+                    self.consumer.commit(offsets=offsets, asynchronous=True)
+                else:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
                 log.warning("Kafka commit failed (%s); retried at the next commit", exc)
                 return
             for tp in offsets:
-                self.partitions[tp.partition].committed = tp.offset
-                self.metrics.committed.labels(str(tp.partition)).set(tp.offset)
-        if self.store is not None:
+                state = self.partitions[tp.partition]
+                state.commit_sent = max(tp.offset, state.commit_sent or 0)
+                if not asynchronous:
+                    state.committed = tp.offset
+                    self.metrics.committed.labels(str(tp.partition)).set(tp.offset)
+        if self.store is not None and not asynchronous:
             self.store.advance(self.tracker.feed_offsets())
             if force_ssm:
                 self.store.flush(force=True)  # otherwise the store's own thread writes when due
+
+    def _step(self, consume_timeout: float) -> None:
+        """One turn of the loop: read, convert, batch, send, collect results, commit."""
+        messages = self.consumer.consume(num_messages=CONSUME_CHUNK, timeout=consume_timeout)
+        self._accept(messages)
+        self._collect()
+        self._dispatch()
+        self.dlq.poll(0)
+        self._drain(timeout=0 if messages or self._converting else 0.02)
+        self._collect()
+        self._flow_control()
+        now = time.monotonic()
+        if now >= self._next_commit:
+            self._next_commit = now + COMMIT_EVERY_S
+            self._progress = False
+            self._commit()
+        elif self._progress:
+            self._progress = False
+            self._commit(asynchronous=True)
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -414,22 +475,8 @@ class PublisherLoop:
         )
         next_summary = time.monotonic() + SUMMARY_EVERY_S
         while not self.stop.is_set():
-            messages = self.consumer.consume(num_messages=500, timeout=0.05)
-            for msg in messages:
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consume: %s", error.str())
-                    continue
-                self._handle(msg)
-            self._dispatch()
-            self.dlq.poll(0)
-            self._drain(timeout=0 if messages else 0.02)
-            self._flow_control()
+            self._step(consume_timeout=0.005 if self._converting else 0.05)
             now = time.monotonic()
-            if now >= self._next_commit:
-                self._next_commit = now + COMMIT_EVERY_S
-                self._commit()
             if now >= next_summary:
                 next_summary = now + SUMMARY_EVERY_S
                 log.info("summary: %s, unfinished %d", self.counts, self.tracker.unfinished())
@@ -440,10 +487,13 @@ class PublisherLoop:
         log.info("stopping: delivering what was consumed (up to %.0fs)", self.settings.shutdown_timeout_s)
         if self.fatal is None:
             self._flow_control()  # pause every partition: nothing new is read
-            while time.monotonic() < deadline and self.tracker.unfinished() > 0:
+            while time.monotonic() < deadline and (self.tracker.unfinished() > 0 or self._converting):
+                self._collect()
                 self._dispatch(force=True)
                 self.dlq.poll(0)
                 self._drain(timeout=0.05)
+                if self.fatal is not None:
+                    break
             self.dlq.flush(max(0.0, deadline - time.monotonic()))
             self._drain(timeout=0)
         self._abandon_all = True
@@ -451,11 +501,10 @@ class PublisherLoop:
         self._store_stop.set()
         self._commit(force_ssm=True)  # safe even after a fatal error: only finished records count
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self.conversions.close()
         # Revocation during close must not commit again or wait for anything.
         self.partitions.clear()
         self.consumer.close()
-        if self._reader_consumer is not None:
-            self._reader_consumer.close()
         if self.fatal is not None:
             log.error("stopped on a fatal error: %s", self.fatal)
             return 1
@@ -465,18 +514,6 @@ class PublisherLoop:
         return 0
 
 
-def make_filter(settings: PublisherSettings) -> EventFilter:
-    f = settings.filter
-
-    def given(values: tuple[str, ...]) -> tuple[str, ...] | None:
-        return values or None
-
-    return EventFilter.from_options(
-        f.preset,
-        event_types=given(f.event_types),
-        include_services=given(f.include_services),
-        exclude_services=given(f.exclude_services),
-        include_operations=given(f.include_operations),
-        exclude_operations=given(f.exclude_operations),
-        max_age_days=f.max_age_days,
-    )
+def delivery_workers(settings: PublisherSettings) -> int:
+    """Sender threads: enough for every request that may be in flight, within reason."""
+    return min(64, max(4, settings.max_in_flight_per_partition * settings.kafka.topic_partitions))

@@ -11,30 +11,67 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+import boto3
+from botocore.config import Config
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from falcon_lake.aws import aws_client
-from falcon_lake.kafka_config import client_config, consumer_config, producer_config
+from falcon_lake.kafka_config import consumer_config, producer_config
 from falcon_lake.logs import setup_logging
 from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.ops_server import OpsServer
 from falcon_lake.settings import PublisherSettings, SettingsError, load_publisher
 from publisher.cloudtrail import ChannelHealth, CloudTrailSender
+from publisher.conversion import Conversions
 from publisher.convert import Converter
-from publisher.loop import PublisherLoop, make_filter
+from publisher.filter import EventFilter
+from publisher.loop import PublisherLoop, delivery_workers
 from publisher.metrics import PublisherMetrics
 from publisher.rate_limit import AdaptiveRateLimiter
 
 log = logging.getLogger("publisher")
 
+PREFETCH_KBYTES = 4096  # per partition
+
+
+def cloudtrail_client(settings: PublisherSettings) -> Any:
+    """The cloudtrail-data client, sized for the sender threads.
+
+    One pooled connection per possible request in flight (botocore keeps 10 by default and
+    opens and drops a new connection for every request beyond that). Parameter validation is
+    off: the batcher enforces CloudTrail's limits itself (botocore checks only minimums), and
+    validating 100 entries costs the sender threads CPU on every request.
+    """
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=30,
+        user_agent_extra="falcon-lake",
+        max_pool_connections=delivery_workers(settings) + 2,
+        parameter_validation=False,
+    )
+    return boto3.session.Session().client("cloudtrail-data", region_name=settings.cloudtrail_region, config=config)
+
+
+def _filter_variable(settings: PublisherSettings, problem: str) -> str:
+    """The setting a filter problem comes from, so the one line names it."""
+    if "age" in problem:
+        return "FILTER_MAX_AGE_DAYS"
+    if "event type" in problem and settings.filter.event_types:
+        return "FILTER_EVENT_TYPES"
+    return f"FILTER_PRESET={settings.filter.preset}"
+
 
 def build(settings: PublisherSettings, stop: threading.Event) -> tuple[PublisherLoop, PublisherMetrics]:
     """Every part of the publisher, wired from settings (raises ValueError for a bad filter)."""
     metrics = PublisherMetrics()
-    event_filter = make_filter(settings)
+    try:
+        event_filter = EventFilter.from_settings(settings.filter)
+    except ValueError as exc:
+        raise ValueError(f"{_filter_variable(settings, str(exc))}: {exc}") from None
     converter = Converter(settings.channel_arn, event_filter)
     health = ChannelHealth()
-    cloudtrail = aws_client("cloudtrail-data", settings.cloudtrail_region, max_attempts=3)
+    cloudtrail = cloudtrail_client(settings)
 
     def on_request(outcome: str, seconds: float) -> None:
         metrics.requests.labels(outcome).inc()
@@ -57,7 +94,10 @@ def build(settings: PublisherSettings, stop: threading.Event) -> tuple[Publisher
             settings.ssm.write_interval_s,
             on_write=metrics.ssm_writes.inc,
         )
-    consumer = Consumer(consumer_config(settings.kafka))
+    # librdkafka prefetches up to 64 MB per partition by default; the loop pauses a partition
+    # long before that (PUBLISH_MAX_BUFFERED_RECORDS), so a few MB keep it fed at a fraction of the memory.
+    prefetch: dict[str, Any] = {"queued.max.messages.kbytes": PREFETCH_KBYTES}
+    consumer = Consumer(consumer_config(settings.kafka, None, **prefetch))
     dlq = Producer(producer_config(settings.kafka, **{"linger.ms": 5}))
     loop = PublisherLoop(
         settings,
@@ -70,7 +110,7 @@ def build(settings: PublisherSettings, stop: threading.Event) -> tuple[Publisher
         store,
         metrics,
         stop,
-        reader_config=client_config(settings.kafka),
+        Conversions(settings, converter, Conversions.default_processes()),
     )
     return loop, metrics
 
@@ -100,6 +140,9 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
         loop, metrics = build(settings, stop)
     except ValueError as exc:
         print(f"falcon-lake publish: {exc}", file=sys.stderr)
+        return 2
+    except KafkaException as exc:  # librdkafka refused the client configuration (e.g. a TLS file)
+        print(f"falcon-lake publish: Kafka client settings (KAFKA_*): {exc.args[0]}", file=sys.stderr)
         return 2
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -14,6 +14,7 @@ DEMO_QUIET=1 (no live display, for CI), KAFKA_BOOTSTRAP_SERVERS (use a running b
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -214,6 +215,7 @@ def run(total: int, feeds: int, rate: int, quiet: bool, stack: ExitStack, work: 
     console.print("[bold]2/6[/] moto (SSM Parameter Store) on 127.0.0.1")
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     moto_port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
@@ -415,7 +417,8 @@ def run(total: int, feeds: int, rate: int, quiet: bool, stack: ExitStack, work: 
         summary.add_row(name, value)
     console.print(summary)
     for title, columns, rows in lake_queries(db_path):
-        table = Table(title=f"CloudTrail Lake: {title}")
+        console.print(f"[bold]CloudTrail Lake: {title}[/]")
+        table = Table()
         for column in columns:
             table.add_column(column)
         for row in rows:
