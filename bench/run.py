@@ -40,9 +40,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("e2e_publisher_rss_mb", "end to end: publisher peak RSS", "MB"),
 ]
 BASELINES = {
-    "publish_drain_events_per_s": "baseline_events_per_s",
-    "publish_calls_per_event": "baseline_calls_per_event",
-    "publish_ssm_writes_per_min": "baseline_ssm_writes_per_min",
+    "publish_drain_events_per_s": "drain_events_per_s_baseline",
+    "publish_calls_per_event": "calls_per_event_baseline",
+    "publish_ssm_writes_per_min": "ssm_writes_per_min_baseline",
+    "publish_peak_rss_mb": "peak_rss_mb_baseline",
 }
 
 
@@ -89,7 +90,7 @@ def _benchmarks(quick: bool, bootstrap: str) -> list[tuple[str, Callable[[], dic
 def _normalise(name: str, figures: dict[str, Any]) -> dict[str, Any]:
     """Each benchmark names its figures its own way; map the usual names onto the table's keys."""
     aliases = {
-        "convert": {"events_per_s": "convert_events_per_s", "mix_events_per_s": "convert_events_per_s"},
+        "convert": {"convert_mix_all-user-activity_events_per_s": "convert_events_per_s"},
         "ingest": {"events_per_s": "ingest_events_per_s", "peak_rss_mb": "ingest_peak_rss_mb"},
         "publish": {
             "drain_events_per_s": "publish_drain_events_per_s",
