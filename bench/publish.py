@@ -51,7 +51,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from emulators.falcon_events import AUTH_SERVICE, EventGenerator
-from ingestor.resume import partition_for
+from falcon_lake.partitioner import partition_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANNEL_ARN = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"

@@ -8,13 +8,15 @@ import boto3
 from botocore.config import Config
 
 
-def aws_client(service: str, region: str | None, max_attempts: int = 5, **kwargs: Any) -> Any:
+def aws_client(service: str, region: str | None, max_attempts: int = 5, **config: Any) -> Any:
     """A boto3 client; endpoints and credentials follow the SDK's own conventions
-    (AWS_ENDPOINT_URL_<SERVICE>, AWS_ACCESS_KEY_ID, profiles, roles)."""
-    config = Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
-        connect_timeout=5,
-        read_timeout=30,
-        user_agent_extra="falcon-lake",
-    )
-    return boto3.session.Session().client(service, region_name=region, config=config, **kwargs)
+    (AWS_ENDPOINT_URL_<SERVICE>, AWS_ACCESS_KEY_ID, profiles, roles). `config` adds or
+    replaces botocore Config options (timeouts, pool size, ...)."""
+    options: dict[str, Any] = {
+        "retries": {"mode": "standard", "max_attempts": max_attempts},
+        "connect_timeout": 5,
+        "read_timeout": 30,
+        "user_agent_extra": "falcon-lake",
+        **config,
+    }
+    return boto3.session.Session().client(service, region_name=region, config=Config(**options))

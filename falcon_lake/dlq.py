@@ -29,8 +29,8 @@ from falcon_lake import ops_cli
 from falcon_lake.dead_letter import DeadLetter, read_dead_letter
 from falcon_lake.headers import as_bytes_pairs
 from falcon_lake.ops_cli import KafkaOps, OpsError, Watermarks
+from falcon_lake.partitioner import partition_for
 from falcon_lake.settings import KafkaSettings
-from ingestor.resume import partition_for
 
 PROG = "falcon-lake dlq"
 REDRIVEN_FROM = "falcon.redriven_from"

@@ -15,18 +15,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from confluent_kafka import KafkaError, TopicPartition
 
 from falcon_lake import ops_cli
+from falcon_lake.aws import aws_client
 from falcon_lake.dlq import RedriveMark, redrive_group
 from falcon_lake.headers import CREATED_MS, header_int
 from falcon_lake.offset_store import OffsetStoreError, SsmOffsetStore
 from falcon_lake.ops_cli import KafkaOps
+from falcon_lake.partitioner import partition_for
 from falcon_lake.settings import SettingsError, SsmSettings, load_ssm
-from ingestor.resume import partition_for
 
 PROG = "falcon-lake status"
 EXIT_STALLED = 3
@@ -142,13 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _ssm_client(region: str) -> Any:
     # One quick attempt: status must answer even when SSM is down or unreachable.
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 1},
-        connect_timeout=SSM_TIMEOUT_S,
-        read_timeout=SSM_TIMEOUT_S,
-        user_agent_extra="falcon-lake",
-    )
-    return boto3.session.Session().client("ssm", region_name=region, config=config)
+    return aws_client("ssm", region, max_attempts=1, connect_timeout=SSM_TIMEOUT_S, read_timeout=SSM_TIMEOUT_S)
 
 
 def read_ssm(settings: SsmSettings, partitions: int, skip: bool) -> SsmStatus:

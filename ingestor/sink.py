@@ -15,9 +15,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from falcon_lake import dead_letter
 from falcon_lake import headers as headers_
+from falcon_lake.partitioner import partition_for
 from ingestor.metrics import IngestorMetrics
 from ingestor.ndjson import FalconEvent, Malformed
-from ingestor.resume import partition_for
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from falcon_lake.aws import aws_client
@@ -42,15 +40,13 @@ def cloudtrail_client(settings: PublisherSettings) -> Any:
     off: the batcher enforces CloudTrail's limits itself (botocore checks only minimums), and
     validating 100 entries costs the sender threads CPU on every request.
     """
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=30,
-        user_agent_extra="falcon-lake",
+    return aws_client(
+        "cloudtrail-data",
+        settings.cloudtrail_region,
+        max_attempts=3,
         max_pool_connections=delivery_workers(settings) + 2,
         parameter_validation=False,
     )
-    return boto3.session.Session().client("cloudtrail-data", region_name=settings.cloudtrail_region, config=config)
 
 
 def _filter_variable(settings: PublisherSettings, problem: str) -> str:

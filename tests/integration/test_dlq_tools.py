@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from falcon_lake import dlq
 from falcon_lake.dead_letter import dlq_headers
 from falcon_lake.ops_cli import Watermarks
-from ingestor.resume import partition_for
+from falcon_lake.partitioner import partition_for
 from tests.support import create_topic, wait_for
 
 Cli = Callable[..., tuple[int, str, str]]

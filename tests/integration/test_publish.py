@@ -28,7 +28,7 @@ from emulators.cloudtrail import CloudTrailEmulator, CloudTrailEmulatorConfig
 from emulators.cloudtrail_validation import event_data_checksum
 from emulators.falcon import FalconEmulator, FalconEmulatorConfig
 from falcon_lake.dead_letter import read_dead_letter
-from ingestor.resume import partition_for
+from falcon_lake.partitioner import partition_for
 from publisher.convert import AuditEvent, Converter
 from publisher.filter import EventFilter
 from tests.processes import Process, base_env, start

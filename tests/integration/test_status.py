@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from falcon_lake import status
 from falcon_lake.dead_letter import dlq_headers
-from ingestor.resume import partition_for
+from falcon_lake.partitioner import partition_for
 from tests.processes import FALCON_LAKE, ROOT
 from tests.support import create_topic, free_port, wait_for
 

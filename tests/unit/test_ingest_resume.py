@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
-from ingestor.resume import SCAN_WINDOW, last_offset_in_topic, partition_for, resume_points
+from falcon_lake.partitioner import partition_for
+from ingestor.resume import SCAN_WINDOW, last_offset_in_topic, resume_points
 
 
 class FakeMessage:

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from falcon_lake.partitioner import partition_for
 from ingestor import sink as sink_module
 from ingestor.metrics import IngestorMetrics
 from ingestor.ndjson import FalconEvent, Malformed
-from ingestor.resume import partition_for
 from ingestor.sink import KafkaEventSink, ProducerFailed
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from falcon_lake.partitioner import murmur2, partition_for
 from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_line
-from ingestor.resume import murmur2, partition_for
 from ingestor.session import Backoff
 
 
