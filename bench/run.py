@@ -103,6 +103,30 @@ def _normalise(name: str, figures: dict[str, Any]) -> dict[str, Any]:
     return {aliases.get(key, key): value for key, value in figures.items()}
 
 
+def render(results: dict[str, Any], machine: str, quick: bool, seconds: float, failures: list[str]) -> str:
+    """The Markdown table of the figures, with the old gateway's beside them where measured."""
+
+    def number(value: float) -> str:
+        return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.0f}"
+
+    lines = [f"falcon-lake benchmarks ({'quick' if quick else 'full'}), {machine}", ""]
+    lines.append("| figure | value | unit | old gateway | ratio |")
+    lines.append("|---|---:|---|---:|---:|")
+    for key, label, unit in ROWS:
+        value = results.get(key)
+        base_key = BASELINES.get(key)
+        base = results.get(base_key) if base_key else None
+        shown = number(value) if isinstance(value, int | float) else "n/a"
+        base_shown = number(base) if isinstance(base, int | float) else ""
+        ratio = (
+            f"{value / base:.3g}x" if isinstance(value, int | float) and isinstance(base, int | float) and base else ""
+        )
+        lines.append(f"| {label} | {shown} | {unit} | {base_shown} | {ratio} |")
+    lines.append("")
+    lines.append(f"total {seconds:.0f}s" + (f"; failed: {', '.join(failures)}" if failures else ""))
+    return "\n".join(lines)
+
+
 def main() -> int:
     quick = os.environ.get("BENCH_QUICK") == "1"
     broker: PrivateBroker | None = None
@@ -128,26 +152,7 @@ def main() -> int:
         if broker is not None:
             broker.stop()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
-    lines = [f"falcon-lake benchmarks ({'quick' if quick else 'full'}), {machine}", ""]
-    lines.append(f"| {'figure':<52} | {'value':>12} | {'unit':<11} | {'old gateway':>11} | {'ratio':>7} |")
-    lines.append(f"|{'-' * 54}|{'-' * 14}|{'-' * 13}|{'-' * 13}|{'-' * 9}|")
-    for key, label, unit in ROWS:
-        value = results.get(key)
-        base_key = BASELINES.get(key)
-        base = results.get(base_key) if base_key else None
-        ratio = ""
-        if isinstance(value, int | float) and isinstance(base, int | float) and base:
-            ratio = f"{value / base:,.1f}x"
-        shown = (
-            f"{value:,.3f}"
-            if isinstance(value, float) and value < 10
-            else (f"{value:,.0f}" if isinstance(value, int | float) else "n/a")
-        )
-        base_shown = (f"{base:,.3f}" if base < 10 else f"{base:,.0f}") if isinstance(base, int | float) else ""
-        lines.append(f"| {label:<52} | {shown:>12} | {unit:<11} | {base_shown:>11} | {ratio:>7} |")
-    lines.append("")
-    lines.append(f"total {time.monotonic() - started:.0f}s" + (f"; failed: {', '.join(failures)}" if failures else ""))
-    table = "\n".join(lines)
+    table = render(results, machine, quick, time.monotonic() - started, failures)
     print(table)
     out = ROOT / "bench/results"
     out.mkdir(parents=True, exist_ok=True)
