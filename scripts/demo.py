@@ -156,8 +156,7 @@ def lake_queries(db_path: str) -> list[tuple[str, list[str], list[tuple[Any, ...
             "Failed logins by user",
             "SELECT json_extract(event_data,'$.userIdentity.principalId') AS user, "
             "json_extract(event_data,'$.errorCode') AS error, COUNT(*) AS failures FROM audit_events "
-            "WHERE json_extract(event_data,'$.errorCode') IS NOT NULL "
-            "AND json_extract(event_data,'$.userIdentity.type') = 'AuthActivityAuditEvent' "
+            "WHERE json_extract(event_data,'$.errorCode') = 'AuthenticationFailed' "
             "GROUP BY user, error ORDER BY failures DESC LIMIT 8",
         ),
     ]
@@ -426,7 +425,8 @@ def run(total: int, feeds: int, rate: int, quiet: bool, stack: ExitStack, work: 
         console.print(table)
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
         sample = db.execute(
-            "SELECT event_data FROM audit_events WHERE json_extract(event_data,'$.errorCode') IS NOT NULL LIMIT 1"
+            "SELECT event_data FROM audit_events "
+            "WHERE json_extract(event_data,'$.errorCode') = 'AuthenticationFailed' LIMIT 1"
         ).fetchone()
     if sample:
         event = json.loads(sample[0])
