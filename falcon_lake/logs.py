@@ -6,9 +6,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from falcon_lake.settings import OpsSettings
+from falcon_lake.settings import OpsSettings, Secret
 
 
 class RedactSecrets(logging.Filter):
@@ -51,6 +51,12 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+def secrets_to_redact(environment: Mapping[str, str], *values: Secret | None) -> list[str]:
+    """The values no log line may show: the given secrets plus the AWS secret key and session token."""
+    secrets = [value.reveal() for value in values if value]
+    return [*secrets, environment.get("AWS_SECRET_ACCESS_KEY", ""), environment.get("AWS_SESSION_TOKEN", "")]
 
 
 def setup_logging(ops: OpsSettings, component: str, secrets: Iterable[str] = ()) -> None:

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from falcon_lake.aws import aws_client
 from falcon_lake.kafka_config import admin_client, client_config, ensure_topic, producer_config
-from falcon_lake.logs import setup_logging
+from falcon_lake.logs import secrets_to_redact, setup_logging
 from falcon_lake.offset_store import OffsetStoreError, SsmOffsetStore
 from falcon_lake.ops_server import OpsServer
 from falcon_lake.settings import IngestorSettings, Secret, SettingsError, load_ingestor
@@ -222,8 +222,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     except SettingsError as exc:
         print(f"falcon-lake ingest: {exc}", file=sys.stderr)
         return 2
-    secrets = [s.reveal() for s in (settings.falcon.client_secret, settings.kafka.tls_key_password) if s]
-    secrets += [environment.get("AWS_SECRET_ACCESS_KEY", ""), environment.get("AWS_SESSION_TOKEN", "")]
+    secrets = secrets_to_redact(environment, settings.falcon.client_secret, settings.kafka.tls_key_password)
     setup_logging(settings.ops, "ingest", secrets)
     try:
         client_id, client_secret = _credentials(settings)

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from falcon_lake.aws import aws_client
 from falcon_lake.kafka_config import consumer_config, producer_config
-from falcon_lake.logs import setup_logging
+from falcon_lake.logs import secrets_to_redact, setup_logging
 from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.ops_server import OpsServer
 from falcon_lake.settings import PublisherSettings, SettingsError, load_publisher
@@ -128,8 +128,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     except SettingsError as exc:
         print(f"falcon-lake publish: {exc}", file=sys.stderr)
         return 2
-    secrets = [s.reveal() for s in (settings.kafka.tls_key_password,) if s]
-    secrets += [environment.get("AWS_SECRET_ACCESS_KEY", ""), environment.get("AWS_SESSION_TOKEN", "")]
+    secrets = secrets_to_redact(environment, settings.kafka.tls_key_password)
     setup_logging(settings.ops, "publish", secrets)
     stop = threading.Event()
     try:
