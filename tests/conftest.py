@@ -70,6 +70,17 @@ def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka
         broker.stop()
 
 
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
+    """A broker of the test's own, which it may stop and restart (never the session's)."""
+    broker = LocalKafka(tmp_path / "kafka")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(local_kafka: LocalKafka | None) -> str:
     if local_kafka is None:

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -101,17 +101,6 @@ def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as response:
         result: dict[str, Any] = json.loads(response.read())
         return result
-
-
-@pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
-    """A broker of this test's own: the suite stops and restarts it."""
-    broker = LocalKafka(tmp_path / "kafka")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def group_caught_up(bootstrap: str, topic: str, group: str) -> bool:

@@ -18,13 +18,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
-import pytest
 import requests
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -139,14 +138,6 @@ def ingest_harness(kafka: str, moto: str, topic: str, log_dir: Path) -> Iterator
             for future in deleting.delete_topics([world.topic, world.dlq_topic], operation_timeout=5).values():
                 with contextlib.suppress(Exception):
                     future.result(timeout=10)
-
-
-@pytest.fixture
-def harness(
-    kafka_bootstrap: str, moto_endpoint: str, unique_name: Callable[[str], str], tmp_path: Path
-) -> Iterator[IngestHarness]:
-    with ingest_harness(kafka_bootstrap, moto_endpoint, unique_name("ingest"), tmp_path / "logs") as world:
-        yield world
 
 
 # -- reading what arrived -----------------------------------------------------------------------------

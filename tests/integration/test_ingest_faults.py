@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,20 +19,10 @@ from tests.conftest import LocalKafka
 from tests.integration.test_ingest import (
     IngestHarness,
     assert_exactly_once,
-    ingest_harness,
     metric_samples,
     metric_sum,
 )
 from tests.support import wait_for
-
-
-@pytest.fixture
-def harness(
-    kafka_bootstrap: str, moto_endpoint: str, unique_name: Callable[[str], str], tmp_path: Path
-) -> Iterator[IngestHarness]:
-    with ingest_harness(kafka_bootstrap, moto_endpoint, unique_name("ingest"), tmp_path / "logs") as world:
-        yield world
-
 
 # name: (emulator settings, the fault counter that must have hit, the log line naming the recovery)
 FAULTS: dict[str, tuple[dict[str, Any], str, str]] = {
@@ -119,17 +107,6 @@ def test_kill_9_at_three_points_then_restart_leaves_no_gap_and_no_duplicate(harn
     # Each restart resumed from what Kafka held, not from the start.
     resumed = re.findall(r"feed 0 resumes at (\d+) \(kafka last (\d+)", "".join(p.output() for p in harness.started))
     assert len(resumed) == 3 and all(int(at) == int(last) + 1 for at, last in resumed), resumed
-
-
-@pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
-    """A broker of this test alone, which it may stop and start (never the shared one)."""
-    broker = LocalKafka(tmp_path / "kafka")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.mark.slow
