@@ -66,9 +66,9 @@ class AuditEventBatch:
     def fits(self, entry: BatchEntry) -> bool:
         return len(self.entries) < self.max_events and self.size + entry.size <= self.max_bytes
 
-    def add(self, entry: BatchEntry) -> None:
+    def add(self, entry: BatchEntry, now: float | None = None) -> None:
         if not self.entries:
-            self.opened_at = time.monotonic()
+            self.opened_at = time.monotonic() if now is None else now
         self.entries.append(entry)
         self.size += entry.size
 

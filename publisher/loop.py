@@ -1,12 +1,11 @@
 """The publisher's consumer loop: consume → filter → convert → batch → deliver → commit.
 
-One thread owns the Kafka consumer, the offset tracker and the batches; sender threads
-only deliver batches and hand results back through a queue, and conversion runs in a
-worker process (`Conversions`) so that it competes neither with the consumer thread nor,
-through the GIL, with the senders. A record's offset is committed (Kafka, then SSM) only
-once it and every record before it in its partition were accepted by CloudTrail,
-dead-lettered (DLQ write acknowledged) or filtered by a named rule; it is committed as
-soon as that is so, which keeps a crash's re-sends to the requests that were in flight.
+An imperative shell around `publisher.flow.FlowControl`, which decides what to read, send,
+hold, probe and commit. One thread owns the Kafka consumer and the flow control; sender
+threads only deliver batches and hand results back through a queue, and conversion runs in
+a worker process (`Conversions`). A record's offset is committed (Kafka, then SSM once the
+broker acknowledged the commit) only once it and every record before it in its partition
+were accepted by CloudTrail, dead-lettered (DLQ write acknowledged) or filtered by a rule.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -25,35 +24,25 @@ from falcon_lake import dead_letter
 from falcon_lake.headers import CREATED_MS, EVENT_TYPE, FEED, OFFSET, as_bytes_pairs, header_int, header_text
 from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.settings import PublisherSettings
-from publisher.batch import AuditEventBatch, BatchEntry
+from publisher.batch import BatchEntry
 from publisher.cloudtrail import Abandoned, ChannelHealth, CloudTrailSender, DeliveryResult
 from publisher.conversion import AUDIT_EVENT, FILTERED, Conversions, Converted
 from publisher.convert import Converter
 from publisher.filter import EventFilter, Filtered
+from publisher.flow import FlowConfig, FlowControl, Send
+from publisher.group_lag import GroupLag
 from publisher.metrics import PublisherMetrics
-from publisher.offset_tracker import OffsetTracker
+from publisher.rate_limit import AdaptiveRateLimiter
 
 log = logging.getLogger(__name__)
 
-COMMIT_EVERY_S = 1.0
 # Records read (and converted) together: small enough that a chunk is converted in a few ms.
 CONSUME_CHUNK = 250
 SUMMARY_EVERY_S = 30.0
-
-
-@dataclass
-class _PartitionState:
-    generation: int
-    open_batch: AuditEventBatch | None = None
-    ready: deque[AuditEventBatch] = field(default_factory=deque)
-    in_flight: int = 0
-    # Batches sent, oldest first, until every older one finished too: their records can be
-    # stored by CloudTrail yet not committable, so this window bounds a crash's re-sends.
-    window: deque[AuditEventBatch] = field(default_factory=deque)
-    finished: set[int] = field(default_factory=set)  # id() of finished batches still in the window
-    batch_ids: set[str] = field(default_factory=set)
-    committed: int | None = None  # acknowledged by a synchronous commit
-    commit_sent: int | None = None  # asked for, perhaps asynchronously
+# How long consume() may block while requests are out: a finished request waits at most this
+# long for its partition's next batch.
+BUSY_WAIT_S = 0.005
+IDLE_WAIT_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +58,20 @@ class _Converting:
 
 @dataclass
 class _Completion:
-    partition: int
-    generation: int
-    batch: AuditEventBatch
+    send: Send
     result: DeliveryResult | None  # None: abandoned
     error: BaseException | None = None
+
+
+def flow_config(settings: PublisherSettings) -> FlowConfig:
+    return FlowConfig(
+        max_buffered=settings.max_buffered_records,
+        max_in_flight=settings.max_in_flight_per_partition,
+        batch_max_events=settings.batch_max_events,
+        batch_max_bytes=settings.batch_max_bytes,
+        linger_s=settings.linger_ms / 1000.0,
+        consume_chunk=CONSUME_CHUNK,
+    )
 
 
 class PublisherLoop:
@@ -90,6 +88,8 @@ class PublisherLoop:
         metrics: PublisherMetrics,
         stop: threading.Event,
         conversions: Conversions | None = None,
+        limiter: AdaptiveRateLimiter | None = None,
+        lag: GroupLag | None = None,
     ) -> None:
         self.settings = settings
         self.conversions = conversions or Conversions(settings, converter, processes=0)
@@ -104,15 +104,15 @@ class PublisherLoop:
         self.store = offset_store
         self.metrics = metrics
         self.stop = stop
-        self.tracker = OffsetTracker()
-        self.partitions: dict[int, _PartitionState] = {}
-        self._generation = 0
+        self.limiter = limiter
+        self.lag = lag
+        self.flow = FlowControl(flow_config(settings), settings.kafka.topic_partitions)
         self._completions: queue.Queue[_Completion] = queue.Queue()
         self._executor = ThreadPoolExecutor(max_workers=delivery_workers(settings), thread_name_prefix="deliver")
-        self._paused: set[int] = set()
+        self._paused: set[int] = set()  # partitions this loop paused and did not resume
         self._abandon_all = False
-        self._next_commit = time.monotonic() + COMMIT_EVERY_S
-        self._progress = False  # something became committable since the last commit
+        self._lag_seen = 0
+        self._share = -1.0
         self.fatal: str | None = None
         self.assigned_once = False
         self.counts = {"consumed": 0, "filtered": 0, "accepted": 0, "dead_lettered": 0, "requests": 0}
@@ -127,49 +127,77 @@ class PublisherLoop:
             return False, "not yet in the consumer group"
         return True, "delivering"
 
-    # ---- rebalance callbacks (called inside consume(), on this thread) ----------------------
-    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # ---- rebalance and commit callbacks (called inside consume(), on this thread) -------------
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned_once = True
-        for tp in partitions:
-            self._generation += 1
-            self.partitions[tp.partition] = _PartitionState(self._generation)
-            self.tracker.assign(tp.partition)
-        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        mine = [tp for tp in partitions if tp.topic == self.settings.kafka.topic]
+        # librdkafka keeps an application pause across unassign/assign: a partition that comes
+        # back to this member would stay paused for good. Assignment always starts unpaused;
+        # the flow control pauses it again at once if it must (channel down, stopping).
+        if mine:
+            consumer.resume(mine)
+        self._paused -= {tp.partition for tp in mine}
+        self.flow.assigned([tp.partition for tp in mine])
+        log.info("assigned partitions %s", sorted(tp.partition for tp in mine))
+        self._apply_pauses()
+        self._update_share()
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = [tp.partition for tp in partitions if tp.partition in self.partitions]
+        revoked = [tp.partition for tp in partitions if self.flow.generation(tp.partition) is not None]
         if not revoked:
             return
         log.info(
             "partitions %s revoked: finishing in-flight work (up to %.0fs)", revoked, self.settings.revoke_timeout_s
         )
         deadline = time.monotonic() + self.settings.revoke_timeout_s
-        while time.monotonic() < deadline and any(self.partitions[p].in_flight for p in revoked):
+        while time.monotonic() < deadline and self.flow.in_flight(revoked):
             self._drain(timeout=0.05)
             self.dlq.poll(0)
         self.dlq.flush(max(0.0, deadline - time.monotonic()))
         self._drain(timeout=0)
-        self._commit(only=revoked, force_ssm=True)
+        self._commit_now(only=revoked)
         for p in revoked:
-            left = self.tracker.unfinished(p)
+            left = self.flow.unfinished(p)
             if left:
                 log.warning("partition %d revoked with %d records unfinished; the next owner re-sends them", p, left)
-            self.partitions.pop(p, None)
-            self.tracker.revoke(p)
-            self._paused.discard(p)
+        self.flow.revoked(revoked)
+        self._paused -= set(revoked)
+        self._update_share()
 
     def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = [tp.partition for tp in partitions]
         log.warning("partitions %s lost (session timed out); dropping their state without committing", lost)
-        for p in lost:
-            self.partitions.pop(p, None)
-            self.tracker.revoke(p)
-            self._paused.discard(p)
+        self.flow.lost(lost)
+        self._paused -= set(lost)
+        self._update_share()
+
+    def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The broker's answer to a commit: the send window moves only with acknowledged commits."""
+        now = time.monotonic()
+        mine = [tp for tp in partitions if tp.topic == self.settings.kafka.topic]
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            log.warning("Kafka commit failed (%s); asked again shortly, sending waits", err.str())
+            for tp in mine:
+                self.flow.commit_failed(tp.partition, now)
+            return
+        for tp in mine:
+            if tp.error is not None:
+                log.warning("Kafka commit of partition %d failed (%s)", tp.partition, tp.error.str())
+                self.flow.commit_failed(tp.partition, now)
+                continue
+            self._acknowledged(tp.partition, tp.offset)
+
+    def _acknowledged(self, partition: int, offset: int) -> None:
+        feeds = self.flow.commit_acknowledged(partition, offset)
+        self.metrics.committed.labels(str(partition)).set(offset)
+        if feeds and self.store is not None:
+            self.store.advance(feeds)
 
     # ---- per record ---------------------------------------------------------------------------
     def _accept(self, messages: list[Message]) -> None:
-        """Track every consumed record, drop what the event-type header rules out, and send the
-        rest to conversion as one chunk (results are applied in order by `_collect`)."""
+        """Track every consumed record, finish what the event-type header rules out without
+        reading its value, and send the rest to conversion as one chunk (`_collect` applies
+        the results in order)."""
         chunk: list[tuple[bytes, str]] = []
         waiting: list[_Converting] = []
         consumed: dict[int, int] = {}
@@ -180,23 +208,21 @@ class PublisherLoop:
                     log.warning("consume: %s", error.str())
                 continue
             partition, offset = msg.partition() or 0, msg.offset() or 0
-            state = self.partitions.get(partition)
-            if state is None:
-                continue
             headers = msg.headers()
             key = msg.key()
             feed = header_text(headers, FEED) or (key.decode("utf-8", "replace") if isinstance(key, bytes) else "0")
-            falcon_offset = header_int(headers, OFFSET)
-            self.tracker.add(partition, offset, feed, falcon_offset)
+            generation = self.flow.consumed(partition, offset, feed, header_int(headers, OFFSET))
+            if generation is None:
+                continue
             consumed[partition] = consumed.get(partition, 0) + 1
             event_type = header_text(headers, EVENT_TYPE)
             if event_type is not None:
                 filtered = self.filter.check_event_type(event_type)  # never parses JSON
                 if filtered is not None:
-                    self._filtered(partition, offset, filtered)
+                    self._filtered(partition, generation, offset, filtered)
                     continue
             chunk.append((msg.value() or b"", feed))
-            waiting.append(_Converting(msg, partition, state.generation, offset, header_int(headers, CREATED_MS)))
+            waiting.append(_Converting(msg, partition, generation, offset, header_int(headers, CREATED_MS)))
         for partition, count in consumed.items():
             self.metrics.consumed.labels(str(partition)).inc(count)
             self.counts["consumed"] += count
@@ -205,6 +231,7 @@ class PublisherLoop:
 
     def _collect(self) -> None:
         """Apply the conversion results that are ready, in consume order."""
+        now = time.monotonic()
         while self._converting and self._converting[0][1].done():
             waiting, future = self._converting.popleft()
             try:
@@ -214,51 +241,29 @@ class PublisherLoop:
                 self.stop.set()
                 return
             for record, (kind, first, second, size) in zip(waiting, results, strict=True):
-                state = self.partitions.get(record.partition)
-                if state is None or state.generation != record.generation:
+                if self.flow.generation(record.partition) != record.generation:
                     continue  # revoked meanwhile: the next owner reads it again
                 if kind == AUDIT_EVENT:
                     self.metrics.converted.inc()
                     entry = BatchEntry(
                         first, second, record.partition, record.offset, record.created_ms, size, record.msg
                     )
-                    self._add_to_batch(state, entry)
+                    self.flow.converted(record.generation, entry, now)
                 elif kind == FILTERED:
-                    self._filtered(record.partition, record.offset, Filtered(first, second))
+                    self._filtered(record.partition, record.generation, record.offset, Filtered(first, second))
                 else:
-                    self._dead_letter(record.msg, "convert", first, second)
+                    self._dead_letter(record.msg, record.generation, "convert", first, second)
 
-    def _filtered(self, partition: int, offset: int, filtered: Filtered) -> None:
+    def _filtered(self, partition: int, generation: int, offset: int, filtered: Filtered) -> None:
         self.metrics.filtered.labels(filtered.rule).inc()
         self.counts["filtered"] += 1
         log.debug("filtered [%d]@%d (%s: %s)", partition, offset, filtered.rule, filtered.detail)
-        self.tracker.finish(partition, offset)
-        self._progress = True
+        self.flow.finished(partition, generation, offset)
 
-    def _add_to_batch(self, state: _PartitionState, entry: BatchEntry) -> None:
-        batch = state.open_batch
-        if batch is not None and (not batch.fits(entry) or entry.id in state.batch_ids):
-            self._seal(state)
-            batch = None
-        if batch is None:
-            batch = state.open_batch = AuditEventBatch(
-                entry.partition, self.settings.batch_max_events, self.settings.batch_max_bytes
-            )
-            state.batch_ids = set()
-        batch.add(entry)
-        state.batch_ids.add(entry.id)
-        if batch.full():
-            self._seal(state)
-
-    def _seal(self, state: _PartitionState) -> None:
-        if state.open_batch is not None and len(state.open_batch):
-            state.ready.append(state.open_batch)
-        state.open_batch = None
-        state.batch_ids = set()
-
-    def _dead_letter(self, msg: Message, stage: str, code: str, message: str) -> None:
+    def _dead_letter(self, msg: Message, generation: int, stage: str, code: str, message: str) -> None:
+        """Write the record to the DLQ; it finishes when the broker acknowledged the write. Any
+        failure to write is fatal: nothing past the record is committed, the process exits 1."""
         partition, offset = msg.partition() or 0, msg.offset() or 0
-        generation = self.partitions[partition].generation if partition in self.partitions else -1
         headers = dead_letter.dlq_headers(
             stage,
             code,
@@ -272,17 +277,13 @@ class PublisherLoop:
 
         def delivered(err: KafkaError | None, _m: Message) -> None:
             if err is not None:
-                self.fatal = f"DLQ write failed: {err.str()}"
-                self.stop.set()
+                self._fail(f"DLQ write of {msg.topic()}[{partition}]@{offset} failed: {err.str()}")
                 return
             self.metrics.dead_lettered.labels(stage, code).inc()
             self.counts["dead_lettered"] += 1
-            state = self.partitions.get(partition)
-            if state is not None and state.generation == generation:
-                self.tracker.finish(partition, offset)
-                self._progress = True
+            self.flow.finished(partition, generation, offset)
 
-        while True:
+        while self.fatal is None:
             try:
                 self.dlq.produce(
                     self.settings.kafka.dlq_topic,
@@ -294,42 +295,48 @@ class PublisherLoop:
                 return
             except BufferError:
                 self.dlq.poll(0.1)
+            except KafkaException as exc:
+                self._fail(f"DLQ write of {msg.topic()}[{partition}]@{offset} failed: {exc}")
+                return
+
+    def _fail(self, reason: str) -> None:
+        if self.fatal is None:
+            log.error("%s; stopping without committing past it", reason)
+            self.fatal = reason
+        self.stop.set()
 
     # ---- delivery ---------------------------------------------------------------------------
     def _dispatch(self, force: bool = False) -> None:
-        now = time.monotonic()
-        linger = self.settings.linger_ms / 1000.0
-        for p, state in self.partitions.items():
-            batch = state.open_batch
-            if batch is not None and len(batch) and (force or now - batch.opened_at >= linger):
-                self._seal(state)
-            # At most max_in_flight batches from the oldest unfinished one on, not just in flight:
-            # one slow request must not let later ones run ahead (stored, not committable) unboundedly.
-            while state.ready and len(state.window) < self.settings.max_in_flight_per_partition:
-                if not self.health.is_up and state.in_flight > 0:
-                    break  # the channel is down: the requests already out keep probing it
-                batch = state.ready.popleft()
-                state.window.append(batch)
-                state.in_flight += 1
-                self.metrics.in_flight.inc()
-                self.metrics.batch_size.observe(len(batch))
-                self.metrics.sent.inc(len(batch))
-                self._executor.submit(self._deliver, p, state.generation, batch)
+        for send in self.flow.sends(time.monotonic(), force=force):
+            self.metrics.in_flight.inc()
+            if send.batch is not None:
+                self.metrics.batch_size.observe(len(send.batch))
+                self.metrics.sent.inc(len(send.batch))
+            if send.probe:
+                log.info(
+                    "probing the CloudTrail channel with %s",
+                    "a request that stores nothing"
+                    if send.batch is None
+                    else f"the oldest held batch of partition {send.partition}",
+                )
+            self._executor.submit(self._deliver, send)
 
-    def _deliver(self, partition: int, generation: int, batch: AuditEventBatch) -> None:
+    def _deliver(self, send: Send) -> None:
         def abandon() -> bool:
-            state = self.partitions.get(partition)
-            return self._abandon_all or state is None or state.generation != generation
+            return self._abandon_all or self.flow.generation(send.partition) != send.generation
 
         try:
-            result: DeliveryResult | None = self.sender.deliver(batch, abandon)
+            if send.batch is None:
+                result: DeliveryResult | None = self.sender.probe()
+            else:
+                result = self.sender.deliver(send.batch, abandon)
             error: BaseException | None = None
         except Abandoned:
             result, error = None, None
         except BaseException as exc:
-            log.exception("delivery of a batch of partition %d failed unexpectedly", partition)
+            log.exception("delivery of a batch of partition %d failed unexpectedly", send.partition)
             result, error = None, exc
-        self._completions.put(_Completion(partition, generation, batch, result, error))
+        self._completions.put(_Completion(send, result, error))
 
     def _drain(self, timeout: float) -> None:
         try:
@@ -345,165 +352,188 @@ class PublisherLoop:
 
     def _complete(self, done: _Completion) -> None:
         self.metrics.in_flight.dec()
-        state = self.partitions.get(done.partition)
-        current = state is not None and state.generation == done.generation
-        if state is not None and current:
-            state.in_flight -= 1
-            state.finished.add(id(done.batch))
-            while state.window and id(state.window[0]) in state.finished:
-                state.finished.discard(id(state.window.popleft()))
+        send, result = done.send, done.result
+        current = self.flow.generation(send.partition) == send.generation
+        rejected = self.flow.request_finished(send, result, time.monotonic())
+        self._publish_channel()
         if done.error is not None:
-            self.fatal = f"delivery failed: {done.error}"
-            self.stop.set()
+            self._fail(f"delivery failed: {done.error}")
             return
-        if done.result is None or not current:
+        if result is None:
             return
-        result = done.result
         self.counts["requests"] += result.requests
         self.metrics.retries.inc(result.retries)
+        if send.batch is None or not current:
+            return
         now = time.time()
-        self._progress = True
         for entry in result.accepted:
-            self.tracker.finish(entry.partition, entry.offset)
             if entry.created_ms is not None:
                 self.metrics.event_age.observe(max(0.0, now - entry.created_ms / 1000))
         self.metrics.accepted.inc(len(result.accepted))
         self.counts["accepted"] += len(result.accepted)
-        ids = [e.id for e in done.batch.entries]
-        log.info(
-            "partition %d: %d accepted, %d rejected in %d request(s) (ids %s .. %s, request %s)",
-            done.partition,
-            len(result.accepted),
-            len(result.rejected),
-            result.requests,
-            ids[0],
-            ids[-1],
-            ",".join(r for r in result.request_ids if r)[-80:] or "-",
-        )
-        for entry, code, message in result.rejected:
+        if result.accepted or result.rejected:
+            ids = [e.id for e in send.batch.entries]
+            log.info(
+                "partition %d: %d accepted, %d rejected in %d request(s) (ids %s .. %s, request %s)",
+                send.partition,
+                len(result.accepted),
+                len(result.rejected),
+                result.requests,
+                ids[0],
+                ids[-1],
+                ",".join(r for r in result.request_ids if r)[-80:] or "-",
+            )
+        for entry, code, message in rejected:
             self.metrics.failed.labels(code).inc()
             if entry.record is None:
-                self.fatal = f"no source record for rejected event {entry.id}"
-                self.stop.set()
+                self._fail(f"no source record for rejected event {entry.id}")
                 return
-            self._dead_letter(entry.record, "deliver", code, message)
+            self._dead_letter(entry.record, send.generation, "deliver", code, message)
+
+    def _publish_channel(self) -> None:
+        """Mirror the flow control's channel state for /readyz, the metric and the log."""
+        reason = self.flow.down_reason
+        if reason is not None and reason != self.health.down_reason:
+            self.health.down(reason)
+        elif reason is None and self.health.down_reason is not None:
+            self.health.up()
+        self.metrics.channel_up.set(1 if reason is None else 0)
 
     # ---- flow control and commits -------------------------------------------------------------
-    def _flow_control(self) -> None:
-        self.metrics.channel_up.set(1 if self.health.is_up else 0)
-        self.metrics.buffered.set(self.tracker.unfinished())
-        want_paused: set[int] = set()
-        if not self.health.is_up or self.stop.is_set():
-            want_paused = set(self.partitions)
-        elif self.partitions:
-            # Each partition gets its share of the buffer: one busy partition must not fill it and
-            # leave the others (and their in-flight slots) idle. Resume at three quarters of the
-            # share, while the partition still has batches enough to send until new records are
-            # fetched and converted (at half, its senders ran dry every time).
-            share = max(self.settings.batch_max_events, self.settings.max_buffered_records // len(self.partitions))
-            for p in self.partitions:
-                unfinished = self.tracker.unfinished(p)
-                if unfinished >= share or (p in self._paused and unfinished > share * 3 // 4):
-                    want_paused.add(p)
+    def _apply_pauses(self) -> None:
+        """Pause and resume so that librdkafka's state is the flow control's."""
+        want = self.flow.paused()
         topic = self.settings.kafka.topic
-        to_pause = want_paused - self._paused
-        to_resume = (self._paused - want_paused) & set(self.partitions)
+        to_pause, to_resume = want - self._paused, self._paused - want
         if to_pause:
-            self.consumer.pause([TopicPartition(topic, p) for p in to_pause])
+            self.consumer.pause([TopicPartition(topic, p) for p in sorted(to_pause)])
         if to_resume:
-            self.consumer.resume([TopicPartition(topic, p) for p in to_resume])
-        self._paused = (self._paused | to_pause) - to_resume
+            self.consumer.resume([TopicPartition(topic, p) for p in sorted(to_resume)])
+        self._paused = set(want)
 
-    def _commit(self, only: list[int] | None = None, force_ssm: bool = False, asynchronous: bool = False) -> None:
-        """Commit every partition's finished prefix. Synchronous commits (every COMMIT_EVERY_S,
-        at revocation and shutdown) confirm it and then advance the SSM offsets; asynchronous
-        ones go out as soon as anything is finished, so that a crash re-sends little."""
+    def _update_share(self) -> None:
+        """This member's part of the group's request rate (PUT_RATE_LIMIT is the group's)."""
+        if self.lag is not None:
+            reading = self.lag.latest()
+            if reading is not None and reading.seq != self._lag_seen:
+                self._lag_seen = reading.seq
+                self.flow.group_backlog(reading.backlog, reading.partitions)
+        share = self.flow.rate_share(self.settings.rate_limit_rps)
+        if self.limiter is not None and abs(share - self._share) > 0.01:
+            log.info("request rate share %.1f/s of the group's %.0f/s", share, self.settings.rate_limit_rps)
+            self._share = share
+            self.limiter.set_max_rate(share)
+
+    def _commit_async(self) -> None:
+        offsets = self.flow.commits(time.monotonic())
+        if not offsets:
+            return
         topic = self.settings.kafka.topic
-        offsets = []
-        for p, commit_at in self.tracker.commit_offsets().items():
-            state = self.partitions.get(p)
-            if state is None or (only is not None and p not in only):
-                continue
-            done = state.commit_sent if asynchronous else state.committed
-            if done is None or commit_at > done:
-                offsets.append(TopicPartition(topic, p, commit_at))
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(topic, p, o) for p, o in sorted(offsets.items())], asynchronous=True
+            )
+        except KafkaException as exc:
+            log.warning("Kafka commit failed (%s); asked again shortly", exc)
+            for p in offsets:
+                self.flow.commit_failed(p, time.monotonic())
+
+    def _commit_now(self, only: list[int] | None = None) -> None:
+        """Commit synchronously (revocation, shutdown), then write SSM at once."""
+        offsets = {p: o for p, o in self.flow.commits(float("inf")).items() if only is None or p in only}
+        topic = self.settings.kafka.topic
         if offsets:
             try:
-                if asynchronous:
-                    self.consumer.commit(offsets=offsets, asynchronous=True)
-                else:
-                    self.consumer.commit(offsets=offsets, asynchronous=False)
+                done = self.consumer.commit(
+                    offsets=[TopicPartition(topic, p, o) for p, o in sorted(offsets.items())], asynchronous=False
+                )
             except KafkaException as exc:
-                log.warning("Kafka commit failed (%s); retried at the next commit", exc)
-                return
-            for tp in offsets:
-                state = self.partitions[tp.partition]
-                state.commit_sent = max(tp.offset, state.commit_sent or 0)
-                if not asynchronous:
-                    state.committed = tp.offset
-                    self.metrics.committed.labels(str(tp.partition)).set(tp.offset)
-        if self.store is not None and not asynchronous:
-            self.store.advance(self.tracker.feed_offsets())
-            if force_ssm:
-                self.store.flush(force=True)  # otherwise the store's own thread writes when due
+                log.warning("Kafka commit failed (%s); the next owner re-sends from the last commit", exc)
+                done = []
+            for tp in done or []:
+                if tp.error is None and tp.topic == topic:
+                    self._acknowledged(tp.partition, tp.offset)
+        if self.store is not None:
+            self.store.flush(force=True)
 
-    def _step(self, consume_timeout: float) -> None:
+    def _step(self) -> None:
         """One turn of the loop: read, convert, batch, send, collect results, commit."""
-        messages = self.consumer.consume(num_messages=CONSUME_CHUNK, timeout=consume_timeout)
+        now = time.monotonic()
+        self.flow.tick(now)
+        self._apply_pauses()
+        budget = self.flow.consume_budget()
+        busy = self.flow.in_flight() > 0 or bool(self._converting)
+        messages: list[Message] = []
+        if budget > 0 or self.flow.must_poll():
+            # While paused (channel down, budget used up for a while) consume() returns nothing of
+            # the paused partitions; it serves callbacks and keeps this member in the group.
+            wait = BUSY_WAIT_S if busy else IDLE_WAIT_S
+            messages = self.consumer.consume(num_messages=max(1, budget or CONSUME_CHUNK), timeout=wait)
+        else:
+            self._drain(timeout=BUSY_WAIT_S)  # the budget is used up: wait for a request instead
         self._accept(messages)
         self._collect()
         self._dispatch()
         self.dlq.poll(0)
-        self._drain(timeout=0 if messages or self._converting else 0.02)
+        self._drain(timeout=0)
         self._collect()
-        self._flow_control()
-        now = time.monotonic()
-        if now >= self._next_commit:
-            self._next_commit = now + COMMIT_EVERY_S
-            self._progress = False
-            self._commit()
-        elif self._progress:
-            self._progress = False
-            self._commit(asynchronous=True)
+        self._dispatch()
+        self._commit_async()
+        self._update_share()
+        self.metrics.buffered.set(self.flow.unfinished())
+        self._publish_channel()
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
         if self.store is not None:
             self.store.run_in_background(self._store_stop)
+        if self.lag is not None:
+            self.lag.start()
         self.consumer.subscribe(
             [self.settings.kafka.topic], on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
         )
         next_summary = time.monotonic() + SUMMARY_EVERY_S
         while not self.stop.is_set():
-            self._step(consume_timeout=0.005 if self._converting else 0.05)
+            self._step()
             now = time.monotonic()
             if now >= next_summary:
                 next_summary = now + SUMMARY_EVERY_S
-                log.info("summary: %s, unfinished %d", self.counts, self.tracker.unfinished())
+                log.info(
+                    "summary: %s, unfinished %d, channel %s",
+                    self.counts,
+                    self.flow.unfinished(),
+                    "up" if self.flow.channel_up else f"down ({self.flow.down_reason})",
+                )
         return self._shutdown()
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         log.info("stopping: delivering what was consumed (up to %.0fs)", self.settings.shutdown_timeout_s)
+        self.flow.stop()
+        self._apply_pauses()  # pause every partition: nothing new is read
         if self.fatal is None:
-            self._flow_control()  # pause every partition: nothing new is read
-            while time.monotonic() < deadline and (self.tracker.unfinished() > 0 or self._converting):
+            while time.monotonic() < deadline and not (self.flow.idle() and not self._converting):
                 self._collect()
                 self._dispatch(force=True)
                 self.dlq.poll(0)
                 self._drain(timeout=0.05)
+                # Commit acknowledgements, and stay in the group (paused: no new records).
+                self._accept(self.consumer.consume(num_messages=CONSUME_CHUNK, timeout=0))
+                self._commit_async()
                 if self.fatal is not None:
                     break
             self.dlq.flush(max(0.0, deadline - time.monotonic()))
             self._drain(timeout=0)
         self._abandon_all = True
-        left = self.tracker.unfinished()
+        left = self.flow.unfinished()
         self._store_stop.set()
-        self._commit(force_ssm=True)  # safe even after a fatal error: only finished records count
+        if self.lag is not None:
+            self.lag.stop()
+        self._commit_now()  # safe even after a fatal error: only finished records count
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.conversions.close()
         # Revocation during close must not commit again or wait for anything.
-        self.partitions.clear()
+        self.flow.revoked(self.flow.owned)
         self.consumer.close()
         if self.fatal is not None:
             log.error("stopped on a fatal error: %s", self.fatal)

@@ -23,13 +23,28 @@ from publisher.cloudtrail import ChannelHealth, CloudTrailSender
 from publisher.conversion import Conversions
 from publisher.convert import Converter
 from publisher.filter import EventFilter
+from publisher.group_lag import GroupLag
 from publisher.loop import PublisherLoop, delivery_workers
 from publisher.metrics import PublisherMetrics
 from publisher.rate_limit import AdaptiveRateLimiter
 
 log = logging.getLogger("publisher")
 
-PREFETCH_KBYTES = 4096  # per partition
+# The consumer's fetch settings, each chosen on purpose (librdkafka's defaults suit a
+# different consumer). The loop bounds what it holds by asking consume() for a budget of
+# records, not by pausing, so the prefetch queue only has to keep the loop fed.
+FETCH_CONFIG: dict[str, Any] = {
+    # The whole consumer queue, all partitions together (not per partition): about 1-2 s of
+    # records at CloudTrail's 10,000 events/s ceiling, a small fraction of the memory budget.
+    "queued.max.messages.kbytes": 16_384,
+    # Above that queue size every fetch waits this long before it is sent again; the default
+    # (1,000 ms) left the queue empty for most of a second each time the loop caught up.
+    "fetch.queue.backoff.ms": 20,
+    # One fetch brings at most this much (the queue's half), at most 1 MB per partition, so
+    # every partition's records arrive interleaved instead of one partition at a time.
+    "fetch.max.bytes": 8 * 1024 * 1024,
+    "max.partition.fetch.bytes": 1024 * 1024,
+}
 
 
 def cloudtrail_client(settings: PublisherSettings) -> Any:
@@ -43,7 +58,7 @@ def cloudtrail_client(settings: PublisherSettings) -> Any:
     return aws_client(
         "cloudtrail-data",
         settings.cloudtrail_region,
-        max_attempts=3,
+        max_attempts=1,  # the sender owns every retry: each attempt passes its rate limiter
         max_pool_connections=delivery_workers(settings) + 2,
         parameter_validation=False,
     )
@@ -68,6 +83,8 @@ def build(settings: PublisherSettings, stop: threading.Event) -> tuple[Publisher
     converter = Converter(settings.channel_arn, event_filter)
     health = ChannelHealth()
     cloudtrail = cloudtrail_client(settings)
+    # PUT_RATE_LIMIT is the whole group's; the loop sets this publisher's share as it learns it.
+    limiter = AdaptiveRateLimiter(settings.rate_limit_rps)
 
     def on_request(outcome: str, seconds: float) -> None:
         metrics.requests.labels(outcome).inc()
@@ -78,8 +95,7 @@ def build(settings: PublisherSettings, stop: threading.Event) -> tuple[Publisher
         settings.channel_arn,
         settings.external_id,
         settings.checksum,
-        AdaptiveRateLimiter(settings.rate_limit_rps),
-        health,
+        limiter,
         on_request=on_request,
     )
     store = None
@@ -90,10 +106,13 @@ def build(settings: PublisherSettings, stop: threading.Event) -> tuple[Publisher
             settings.ssm.write_interval_s,
             on_write=metrics.ssm_writes.inc,
         )
-    # librdkafka prefetches up to 64 MB per partition by default; the loop pauses a partition
-    # long before that (PUBLISH_MAX_BUFFERED_RECORDS), so a few MB keep it fed at a fraction of the memory.
-    prefetch: dict[str, Any] = {"queued.max.messages.kbytes": PREFETCH_KBYTES}
-    consumer = Consumer(consumer_config(settings.kafka, None, **prefetch))
+    loops: list[PublisherLoop] = []
+
+    def on_commit(err: Any, partitions: list[Any]) -> None:
+        loops[0].on_commit(err, partitions)  # the loop exists before any commit is made
+
+    consumer = Consumer(consumer_config(settings.kafka, None, on_commit=on_commit, **FETCH_CONFIG))
+    lag = GroupLag(consumer_config(settings.kafka, None), settings.kafka.topic)
     dlq = Producer(producer_config(settings.kafka, **{"linger.ms": 5}))
     loop = PublisherLoop(
         settings,
@@ -107,7 +126,10 @@ def build(settings: PublisherSettings, stop: threading.Event) -> tuple[Publisher
         metrics,
         stop,
         Conversions(settings, converter, Conversions.default_processes()),
+        limiter=limiter,
+        lag=lag,
     )
+    loops.append(loop)
     return loop, metrics
 
 

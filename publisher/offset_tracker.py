@@ -57,6 +57,11 @@ class OffsetTracker:
         """Per partition, the offset to commit (the next to consume), where anything finished."""
         return {p: s.commit_at for p, s in self._partitions.items() if s.commit_at is not None}
 
+    def partition_feeds(self, partition: int) -> dict[str, int]:
+        """Per Falcon feed, the last Falcon offset inside this partition's committable prefix."""
+        state = self._partitions.get(partition)
+        return {} if state is None else dict(state.feeds)
+
     def feed_offsets(self) -> dict[str, int]:
         """Per Falcon feed, the last Falcon offset inside the committable prefixes."""
         merged: dict[str, int] = {}

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.serialize import create_serializer
 
 from publisher.batch import MAX_REQUEST_BYTES, AuditEventBatch, BatchEntry, entry_size
-from publisher.cloudtrail import Abandoned, ChannelHealth, CloudTrailSender
+from publisher.cloudtrail import Abandoned, CloudTrailSender
 from publisher.offset_tracker import OffsetTracker
 from publisher.rate_limit import AdaptiveRateLimiter
 
@@ -108,17 +108,48 @@ class FakeClock:
         self.now += seconds
 
 
-def test_limiter_spaces_requests_and_backs_off_on_throttling_then_recovers() -> None:
+def test_limiter_keeps_the_rate_with_a_small_burst_and_backs_off_on_throttling_then_recovers_slowly() -> None:
     clock = FakeClock()
-    limiter = AdaptiveRateLimiter(100.0, clock=clock, sleep=clock.sleep)
+    limiter = AdaptiveRateLimiter(100.0, burst_s=0.05, recover_s=20.0, clock=clock, sleep=clock.sleep)
     for _ in range(101):
         limiter.acquire()
-    assert clock.now == pytest.approx(1.0)  # 100 per second, evenly
+    assert clock.now == pytest.approx(1.0)  # 100 per second
+    clock.now += 10.0  # idle: at most the burst (5 requests) is saved, not 10 s worth
+    start = clock.now
+    for _ in range(105):
+        limiter.acquire()
+    assert clock.now - start == pytest.approx(1.0, abs=0.01)
     limiter.throttled()
     assert limiter.rate == pytest.approx(70.0)
-    for _ in range(100):
-        limiter.succeeded()
+    clock.now += 2.0
+    assert limiter.rate == pytest.approx(80.0)  # recovers by time, slowly (20 s from 0 to the ceiling)
+    clock.now += 10.0
     assert limiter.rate == pytest.approx(100.0)
+
+
+def test_limiter_reaches_its_rate_when_requests_come_unevenly() -> None:
+    """Missed slots are not lost (up to the burst): requests in clumps still get ~the full rate."""
+    clock = FakeClock()
+    limiter = AdaptiveRateLimiter(95.0, clock=clock, sleep=clock.sleep)
+    sent = 0
+    while clock.now < 10.0:
+        for _ in range(4):  # four senders come back together, then a gap of a request's latency
+            limiter.acquire()
+            sent += 1
+        clock.now += 0.04
+    assert sent / clock.now >= 0.95 * 95.0
+
+
+def test_a_new_share_applies_at_once_unless_recovering_from_a_throttle() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveRateLimiter(95.0, clock=clock, sleep=clock.sleep)
+    limiter.set_max_rate(30.0)
+    assert limiter.rate == pytest.approx(30.0)
+    limiter.set_max_rate(95.0)
+    assert limiter.rate == pytest.approx(95.0)
+    limiter.throttled()
+    limiter.set_max_rate(50.0)
+    assert limiter.rate == pytest.approx(50.0)
 
 
 # ---- sender ------------------------------------------------------------------------------------------
@@ -173,17 +204,8 @@ def _batch(count: int = 5) -> AuditEventBatch:
     return batch
 
 
-def _sender(client: ScriptedClient, health: ChannelHealth | None = None) -> CloudTrailSender:
-    return CloudTrailSender(
-        client,
-        CHANNEL,
-        None,
-        True,
-        AdaptiveRateLimiter(1000.0),
-        health or ChannelHealth(),
-        backoff_base_s=0.001,
-        channel_retry_s=0.001,
-    )
+def _sender(client: ScriptedClient) -> CloudTrailSender:
+    return CloudTrailSender(client, CHANNEL, None, True, AdaptiveRateLimiter(1000.0), backoff_base_s=0.001)
 
 
 def never() -> bool:
@@ -212,52 +234,66 @@ def test_an_id_the_answer_does_not_mention_is_sent_again() -> None:
     assert len(result.accepted) == 3 and client.requests[1] == ["id-1", "id-2"]
 
 
-def test_throttled_requests_and_lost_connections_are_retried_and_slow_the_rate() -> None:
+@pytest.mark.parametrize("status", [400, 429])  # AWS answers ThrottlingException with 400; older emulators 429
+def test_throttled_requests_and_lost_connections_are_retried_and_slow_the_rate(status: int) -> None:
     client = ScriptedClient(
-        raise_(_error("ThrottlingException", 429)),
+        raise_(_error("ThrottlingException", status)),
         raise_(EndpointConnectionError(endpoint_url="http://127.0.0.1:1")),
         raise_(_error("InternalFailure", 500)),
         accept_all,
     )
     sender = _sender(client)
     result = sender.deliver(_batch(), never)
-    assert len(result.accepted) == 5 and result.retries == 3
+    assert len(result.accepted) == 5 and result.retries == 3 and result.channel_error is None
     assert sender._limiter.rate < 1000.0
 
 
-def test_a_missing_channel_marks_it_down_until_it_works_again() -> None:
-    health = ChannelHealth()
-    seen: list[bool] = []
+def test_an_answer_throttling_every_event_slows_the_rate_a_few_do_not() -> None:
+    some = _sender(ScriptedClient(fail("Throttling", lambda i: i == "id-1"), accept_all))
+    some.deliver(_batch(), never)
+    assert some._limiter.rate == pytest.approx(1000.0)
+    every = _sender(ScriptedClient(fail("Throttling", lambda i: True), accept_all))
+    every.deliver(_batch(), never)
+    assert every._limiter.rate < 1000.0
 
-    def gone(_ids: list[str]) -> dict[str, Any]:
-        seen.append(health.is_up)
-        raise _error("ChannelNotFound", 400)
 
-    def back(ids: list[str]) -> dict[str, Any]:
-        seen.append(health.is_up)
-        return accept_all(ids)
-
-    client = ScriptedClient(gone, gone, back)
-    result = _sender(client, health).deliver(_batch(), never)
-    assert seen == [True, False, False], "down after the first ChannelNotFound"
-    assert len(result.accepted) == 5 and health.is_up
+def test_a_missing_channel_ends_the_delivery_with_the_unfinished_entries_held() -> None:
+    client = ScriptedClient(fail("Throttling", lambda i: i in ("id-3", "id-4")), raise_(_error("ChannelNotFound", 400)))
+    result = _sender(client).deliver(_batch(), never)
+    assert result.channel_error is not None and result.channel_error.startswith("ChannelNotFound")
+    assert [e.id for e in result.accepted] == ["id-0", "id-1", "id-2"]
+    assert result.remaining is not None and [e.id for e in result.remaining.entries] == ["id-3", "id-4"]
+    assert len(client.requests) == 2, "no retry loop in the sender: the flow control probes"
 
 
 def test_every_event_account_not_subscribed_is_a_channel_problem_not_a_dlq_matter() -> None:
-    health = ChannelHealth()
     client = ScriptedClient(fail("AccountNotSubscribed", lambda i: True), accept_all)
-    result = _sender(client, health).deliver(_batch(), never)
-    assert result.rejected == [] and len(result.accepted) == 5 and health.is_up
+    result = _sender(client).deliver(_batch(), never)
+    assert result.rejected == [] and result.accepted == []
+    assert result.channel_error is not None and result.remaining is not None and len(result.remaining) == 5
 
 
 @pytest.mark.parametrize("code", ["IncompleteSignatureException", "UnknownOperationException", "SomethingNew"])
 def test_an_unknown_or_auth_request_error_stops_rather_than_dead_lettering(code: str) -> None:
-    health = ChannelHealth()
     client = ScriptedClient(raise_(_error(code, 403 if code != "SomethingNew" else 400)))
-    calls = iter(range(3))
-    with pytest.raises(Abandoned):
-        _sender(client, health).deliver(_batch(), lambda: next(calls, None) is None)
-    assert not health.is_up
+    result = _sender(client).deliver(_batch(), never)
+    assert result.rejected == [] and result.channel_error is not None and code in result.channel_error
+
+
+@pytest.mark.parametrize(
+    ("answer", "usable"),
+    [
+        (fail("InvalidChecksum", lambda i: True), True),
+        (raise_(_error("ChannelNotFound", 400)), False),
+        (fail("AccountNotSubscribed", lambda i: True), False),
+        (raise_(_error("ThrottlingException", 400)), False),
+    ],
+)
+def test_the_probe_is_one_request_that_stores_nothing(answer: Callable[[list[str]], dict[str, Any]], usable: bool) -> None:
+    client = ScriptedClient(answer)
+    result = _sender(client).probe()
+    assert (result.channel_error is None) == usable
+    assert client.requests == [["falcon-lake-channel-probe"]] and result.accepted == []
 
 
 def test_a_validation_error_on_a_batch_finds_the_bad_event_one_by_one() -> None:
