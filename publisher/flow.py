@@ -359,7 +359,7 @@ def rate_share(
     """
     if not owned:
         return 0.0
-    floor = min(group_rate, max(0.5, group_rate * 0.02))
+    floor = min(group_rate, max(0.5, group_rate * 0.01))
     if backlog:
         mine = len(owned & backlog)
         share = group_rate * mine / len(backlog)

@@ -289,7 +289,9 @@ def test_an_unknown_or_auth_request_error_stops_rather_than_dead_lettering(code:
         (raise_(_error("ThrottlingException", 400)), False),
     ],
 )
-def test_the_probe_is_one_request_that_stores_nothing(answer: Callable[[list[str]], dict[str, Any]], usable: bool) -> None:
+def test_the_probe_is_one_request_that_stores_nothing(
+    answer: Callable[[list[str]], dict[str, Any]], usable: bool
+) -> None:
     client = ScriptedClient(answer)
     result = _sender(client).probe()
     assert (result.channel_error is None) == usable
