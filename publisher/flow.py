@@ -290,15 +290,18 @@ class FlowControl:
         return self.down_reason is None
 
     # ---- commits --------------------------------------------------------------------------------
-    def commits(self, now: float) -> dict[int, int]:
-        """Offsets to commit now (each the next offset to read); marks them asked for."""
+    def commits(self, now: float, only: list[int] | None = None, urgent: bool = False) -> dict[int, int]:
+        """Offsets to commit now (each the next offset to read); marks them asked for.
+        `only` limits them to some partitions; `urgent` asks again even if just asked for."""
         due: dict[int, int] = {}
         for p, commit_at in self.tracker.commit_offsets().items():
             state = self._parts.get(p)
             if state is None or (state.acked is not None and commit_at <= state.acked):
                 continue
+            if only is not None and p not in only:
+                continue
             fresh = state.requested is None or commit_at > state.requested
-            if fresh or now - state.requested_at >= self.config.commit_retry_s:
+            if urgent or fresh or now - state.requested_at >= self.config.commit_retry_s:
                 due[p] = commit_at
                 state.requested, state.requested_at = commit_at, now
                 if not state.pending_feeds or state.pending_feeds[-1][0] < commit_at:

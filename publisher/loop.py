@@ -440,7 +440,7 @@ class PublisherLoop:
 
     def _commit_now(self, only: list[int] | None = None) -> None:
         """Commit synchronously (revocation, shutdown), then write SSM at once."""
-        offsets = {p: o for p, o in self.flow.commits(float("inf")).items() if only is None or p in only}
+        offsets = self.flow.commits(time.monotonic(), only=only, urgent=True)
         topic = self.settings.kafka.topic
         if offsets:
             try:

@@ -128,6 +128,18 @@ def test_a_failed_commit_stops_sending_at_the_window_and_is_asked_again() -> Non
     assert len(flow.sends(now)) == 2
 
 
+def test_a_commit_at_revocation_leaves_the_other_partitions_commits_to_their_schedule() -> None:
+    flow = FlowControl(CONFIG)
+    flow.assigned([0, 1])
+    feed(flow, 0, range(10))
+    feed(flow, 1, range(10))
+    for send in flow.sends(1.0):
+        flow.request_finished(send, accept(send), 1.0)
+    assert flow.commits(1.0, only=[0], urgent=True) == {0: 10}
+    assert flow.commits(1.0, only=[0], urgent=True) == {0: 10}, "urgent: asked again"
+    assert flow.commits(1.0) == {1: 10}
+
+
 def test_out_of_order_finishes_commit_only_the_contiguous_prefix() -> None:
     flow = FlowControl(CONFIG)
     flow.assigned([0])
