@@ -4,6 +4,11 @@ Format: a JSON object {"<feed id>": <offset>}. The old gateway wrote a Python di
 ({'0': 48643}); reading accepts both so a migrating deployment resumes where it was.
 Writes are coalesced (at most one per interval, plus on demand at revocation and shutdown)
 and merged with the stored value so no feed's offset ever moves backwards.
+
+Several publishers write the same parameter (each its own feeds) and SSM has no conditional
+write: two read-merge-write cycles at the same moment lose one of them. So after writing, a
+store reads the value back (and again at its next interval) and repairs any of its feeds
+that another writer's older merge moved backwards.
 """
 
 from __future__ import annotations
@@ -87,7 +92,9 @@ class SsmOffsetStore:
         self._pending: dict[str, int] = {}
         self._written: dict[str, int] = {}
         self._last_write = float("-inf")
+        self._verify_at: float | None = None  # when to read back what was written
         self.writes = 0
+        self.repairs = 0
 
     def read(self, attempts: int = 8) -> dict[str, int]:
         """The stored offsets; {} when the parameter does not exist yet.
@@ -125,7 +132,10 @@ class SsmOffsetStore:
     def due(self) -> bool:
         with self._lock:
             changed = any(self._written.get(f, -1) < o for f, o in self._pending.items())
-        return changed and self._clock() - self._last_write >= self._min_interval_s
+        now = self._clock()
+        if self._verify_at is not None and now >= self._verify_at:
+            return True
+        return changed and now - self._last_write >= self._min_interval_s
 
     def flush(self, force: bool = False) -> bool:
         """Write pending offsets if the interval has passed (or `force`) and anything moved.
@@ -141,29 +151,43 @@ class SsmOffsetStore:
             return False
         with self._lock:
             pending = dict(self._pending)
-        if not any(self._written.get(f, -1) < o for f, o in pending.items()):
-            return False
+        wrote = False
         try:
-            # Merge with what is stored: other publishers own other feeds of the same parameter.
-            value = merge_offsets(self.read(attempts=1), self._written, pending)
-            self._ssm.put_parameter(
-                Name=self.parameter,
-                Value=json.dumps(value, sort_keys=True, separators=(",", ":")),
-                Type="String",
-                Overwrite=True,
-            )
+            for _attempt in range(5):
+                # Merge with what is stored: other publishers own other feeds of the same parameter.
+                stored = self.read(attempts=1)
+                mine = merge_offsets(self._written, pending)
+                if all(stored.get(f, -1) >= o for f, o in mine.items()):
+                    self._written = mine
+                    if not wrote:
+                        self._verify_at = None  # read back at its time: nothing moved backwards
+                    return wrote  # stored holds all of ours (perhaps after a repair)
+                if any(stored.get(f, -1) < o for f, o in self._written.items()):
+                    self.repairs += 1
+                    log.warning("SSM %s: another writer moved offsets back; writing them again", self.parameter)
+                value = merge_offsets(stored, mine)
+                self._ssm.put_parameter(
+                    Name=self.parameter,
+                    Value=json.dumps(value, sort_keys=True, separators=(",", ":")),
+                    Type="String",
+                    Overwrite=True,
+                )
+                wrote = True
+                self._written = mine
+                self._last_write = self._clock()
+                self.writes += 1
+                if self._on_write is not None:
+                    self._on_write()
+                log.info("SSM %s = %s", self.parameter, json.dumps(pending, sort_keys=True))
+                # Read back once more later, too: a writer that read before this write may
+                # still overwrite it with its older merge.
+                self._verify_at = self._clock() + self._min_interval_s
         except (ClientError, BotoCoreError, OffsetStoreError) as exc:
             code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else str(exc)
             log.warning("SSM write of %s deferred: %s", self.parameter, code)
             self._last_write = self._clock()
-            return False
-        self._written = value
-        self._last_write = self._clock()
-        self.writes += 1
-        if self._on_write is not None:
-            self._on_write()
-        log.info("SSM %s = %s", self.parameter, json.dumps(pending, sort_keys=True))
-        return True
+            self._verify_at = self._clock() + self._min_interval_s
+        return wrote
 
     def run_in_background(self, stop: threading.Event, tick_s: float = 0.5) -> threading.Thread:
         """Flush whenever due on a thread of its own, so a slow SSM never stalls the caller."""

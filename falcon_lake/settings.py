@@ -139,7 +139,7 @@ class PublisherSettings:
     batch_max_bytes: int = 1_000_000
     linger_ms: int = 200
     max_in_flight_per_partition: int = 4
-    rate_limit_rps: float = 90.0
+    rate_limit_rps: float = 95.0  # requests/s for the whole publisher group (PutAuditEvents: 100/s per account)
     shutdown_timeout_s: float = 20.0
     revoke_timeout_s: float = 10.0
     max_buffered_records: int = 5_000
@@ -386,7 +386,7 @@ def load_publisher(env: Mapping[str, str]) -> PublisherSettings:
         batch_max_bytes=read.integer("BATCH_MAX_BYTES", 1_000_000, minimum=10_000, maximum=1_000_000),
         linger_ms=read.integer("BATCH_LINGER_MS", 200, minimum=0, maximum=60_000),
         max_in_flight_per_partition=read.integer("MAX_IN_FLIGHT_PER_PARTITION", 4, minimum=1, maximum=64),
-        rate_limit_rps=read.number("PUT_RATE_LIMIT", 90.0, minimum=0.1),
+        rate_limit_rps=read.number("PUT_RATE_LIMIT", 95.0, minimum=0.1),
         shutdown_timeout_s=read.number("SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=1.0),
         revoke_timeout_s=read.number("REVOKE_TIMEOUT_SECONDS", 10.0, minimum=0.5),
         max_buffered_records=read.integer("PUBLISH_MAX_BUFFERED_RECORDS", 5_000, minimum=100),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import boto3
 import pytest
@@ -68,3 +69,69 @@ def test_unreadable_value_is_a_clear_error(moto_endpoint: str, unique_name: Call
     ssm.put_parameter(Name=name, Value="garbage", Type="String")  # type: ignore[attr-defined]
     with pytest.raises(OffsetStoreError, match=name):
         SsmOffsetStore(ssm, name).read()
+
+
+class RacingSsm:
+    """An SSM client that lets another writer write between this one's read and its write:
+    the moment two publishers flush at once."""
+
+    def __init__(self, ssm: Any, other: Callable[[], None]) -> None:
+        self._ssm = ssm
+        self._other: Callable[[], None] | None = other
+
+    def get_parameter(self, **kwargs: Any) -> Any:
+        return self._ssm.get_parameter(**kwargs)
+
+    def put_parameter(self, **kwargs: Any) -> Any:
+        if self._other is not None:
+            other, self._other = self._other, None
+            other()
+        return self._ssm.put_parameter(**kwargs)
+
+
+def test_two_writers_at_the_same_moment_never_move_a_feed_backwards(
+    moto_endpoint: str, unique_name: Callable[[str], str]
+) -> None:
+    ssm = _ssm(moto_endpoint)
+    name = unique_name("offsets")
+    clock = FakeClock()
+    b = SsmOffsetStore(ssm, name, min_interval_s=5, clock=clock)
+    b.advance({"1": 10})
+
+    def b_flushes() -> None:
+        assert b.flush(force=True)
+
+    # A read {} and then B wrote {"1": 10} before A's write of {"0": 5}: A's write drops feed 1.
+    a = SsmOffsetStore(RacingSsm(ssm, b_flushes), name, min_interval_s=5, clock=clock)
+    a.advance({"0": 5})
+    assert a.flush(force=True)
+    assert a.read() == {"0": 5}, "the race happened: feed 1 moved backwards for a moment"
+    # B reads back what it wrote at its next interval and repairs it.
+    clock.now += 5
+    assert b.due()
+    assert b.flush()
+    assert b.read() == {"0": 5, "1": 10} and b.repairs == 1
+    clock.now += 5
+    assert not b.flush() and not a.flush(), "nothing moved: a read, no write"
+    assert a.read() == {"0": 5, "1": 10}
+
+
+def test_a_write_that_is_overwritten_at_once_is_repaired_by_its_read_back(
+    moto_endpoint: str, unique_name: Callable[[str], str]
+) -> None:
+    ssm = _ssm(moto_endpoint)
+    name = unique_name("offsets")
+    ssm.put_parameter(Name=name, Value='{"0": 1}', Type="String")  # type: ignore[attr-defined]
+
+    class Overwritten(RacingSsm):
+        def put_parameter(self, **kwargs: Any) -> Any:
+            answer = self._ssm.put_parameter(**kwargs)
+            if self._other is not None:  # another writer's older merge lands right after ours
+                self._other = None
+                self._ssm.put_parameter(Name=name, Value='{"0": 1}', Type="String", Overwrite=True)
+            return answer
+
+    store = SsmOffsetStore(Overwritten(ssm, lambda: None), name)
+    store.advance({"0": 7})
+    assert store.flush(force=True)
+    assert store.read() == {"0": 7} and store.writes == 2 and store.repairs == 1
