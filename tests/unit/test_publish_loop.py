@@ -1,0 +1,135 @@
+"""The consumer loop's shell around the flow control, with fake Kafka clients (no services)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from falcon_lake.settings import load_publisher
+from publisher.cloudtrail import ChannelHealth, CloudTrailSender
+from publisher.convert import Converter
+from publisher.filter import EventFilter
+from publisher.loop import PublisherLoop
+from publisher.metrics import PublisherMetrics
+from publisher.rate_limit import AdaptiveRateLimiter
+
+CHANNEL = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
+
+
+class FakeMessage:
+    def __init__(self, partition: int, offset: int, value: bytes) -> None:
+        self._partition, self._offset, self._value = partition, offset, value
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return b"0"
+
+    def topic(self) -> str:
+        return "falcon.events"
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("falcon.feed", b"0"), ("falcon.offset", str(self._offset).encode())]
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.paused: set[int] = set()
+        self.commits: list[list[TopicPartition]] = []
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused |= {tp.partition for tp in partitions}
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused -= {tp.partition for tp in partitions}
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
+        self.commits.append(offsets)
+        return offsets
+
+
+class BrokenDlq:
+    """A DLQ producer whose produce() fails the way librdkafka does for a record it cannot take."""
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+
+def make_loop(consumer: FakeConsumer, dlq: Any) -> PublisherLoop:
+    settings = load_publisher({"CLOUDTRAIL_LAKE_CHANNEL_ARN": CHANNEL, "SSM_REGION": ""})
+    event_filter = EventFilter.from_preset("gateway")
+    converter = Converter(CHANNEL, event_filter)
+    sender = CloudTrailSender(object(), CHANNEL, None, True, AdaptiveRateLimiter(10.0))
+    return PublisherLoop(
+        settings,
+        consumer,  # type: ignore[arg-type]
+        dlq,
+        converter,
+        event_filter,
+        sender,
+        ChannelHealth(),
+        None,
+        PublisherMetrics(),
+        threading.Event(),
+    )
+
+
+def test_a_dlq_produce_error_is_fatal_and_commits_nothing_past_the_record() -> None:
+    consumer = FakeConsumer()
+    loop = make_loop(consumer, BrokenDlq())
+    loop.on_assign(consumer, [TopicPartition("falcon.events", 0)])  # type: ignore[arg-type]
+    loop._accept([FakeMessage(0, 0, b"not json at all")])  # type: ignore[list-item]
+    loop._collect()
+    assert loop.fatal is not None and "DLQ write" in loop.fatal and "too large" in loop.fatal.lower()
+    assert loop.stop.is_set()
+    assert loop.flow.commits(0.0) == {}, "the record is not finished: nothing is committed past it"
+
+
+def test_assignment_resumes_what_it_assigns_and_the_channel_state_pauses_it_again() -> None:
+    consumer = FakeConsumer()
+    consumer.paused = {0, 1}  # librdkafka kept an old pause across unassign/assign
+    loop = make_loop(consumer, BrokenDlq())
+    loop.on_assign(consumer, [TopicPartition("falcon.events", 0), TopicPartition("falcon.events", 1)])  # type: ignore[arg-type]
+    assert consumer.paused == set()
+    loop.flow.down_reason = "ChannelNotFound"
+    loop._apply_pauses()
+    assert consumer.paused == {0, 1}
+    loop.on_revoke(consumer, [TopicPartition("falcon.events", 1)])  # type: ignore[arg-type]
+    loop.on_assign(consumer, [TopicPartition("falcon.events", 1)])  # type: ignore[arg-type]
+    assert consumer.paused == {0, 1}, "still down: paused again at once"
+    loop.flow.down_reason = None
+    loop._apply_pauses()
+    assert consumer.paused == set(), "channel back: every owned partition resumes"
+
+
+def test_commit_callbacks_move_the_window_and_failures_do_not() -> None:
+    consumer = FakeConsumer()
+    loop = make_loop(consumer, BrokenDlq())
+    loop.on_assign(consumer, [TopicPartition("falcon.events", 0)])  # type: ignore[arg-type]
+    loop.flow.consumed(0, 0, "0", 1)
+    loop.flow.finished(0, loop.flow.generation(0) or 0, 0)
+    loop._commit_async()
+    assert [(tp.partition, tp.offset) for tp in consumer.commits[-1]] == [(0, 1)]
+    failed = TopicPartition("falcon.events", 0, 1)
+    loop.on_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [failed])
+    assert loop.flow.commits(1e9) == {0: 1}, "not acknowledged: asked for again"
+    loop.on_commit(None, [TopicPartition("falcon.events", 0, 1)])
+    assert loop.flow.commits(1e9) == {}, "acknowledged: nothing left to commit"
