@@ -424,3 +424,43 @@ def test_a_database_written_before_the_query_api_is_migrated_and_queryable(tmp_p
             "2026-11-27T00:00:00.000Z",
         )
     conn.close()
+
+
+def lake_query_cli(emulator: CloudTrailEmulator, *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AWS_ENDPOINT_URL_CLOUDTRAIL": emulator.url, "AWS_DEFAULT_REGION": "us-east-1"}
+    return subprocess.run(
+        [sys.executable, "-m", "falcon_lake.cli", "lake", "query", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_lake_query_runs_cloudtrail_lake_sql_through_the_query_api(lake: tuple[CloudTrailEmulator, Any]) -> None:
+    emulator, _ = lake
+    sql = (
+        f"SELECT eventData.userIdentity.principalId AS user, COUNT(*) AS failures FROM {STORE} "
+        "WHERE eventData.errorCode = 'AuthenticationFailed' GROUP BY eventData.userIdentity.principalId "
+        "ORDER BY failures DESC"
+    )
+    table = lake_query_cli(emulator, "--event-data-store", STORE_ARN, sql)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["user", "failures"]
+    assert lines[2].split() == ["bob@example.com", "2"] and lines[3].split() == ["carol@example.com", "1"]
+    assert lines[-1] == "(2 rows)"
+    assert "scanned" in table.stderr
+    as_json = lake_query_cli(emulator, "--event-data-store", STORE, sql, "--json")
+    assert json.loads(as_json.stdout) == [
+        {"user": "bob@example.com", "failures": "2"},
+        {"user": "carol@example.com", "failures": "1"},
+    ]
+    bad = lake_query_cli(emulator, "--event-data-store", STORE, f"DELETE FROM {STORE}")
+    assert bad.returncode == 2 and "rejected the query" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    unknown = lake_query_cli(emulator, "--event-data-store", "00000000-0000-4000-8000-000000000000", "SELECT 1")
+    assert unknown.returncode == 2 and "not found" in unknown.stderr and "Traceback" not in unknown.stderr
