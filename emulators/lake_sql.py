@@ -253,6 +253,8 @@ class _Parser:
         self.expect_word("from")
         statement = Statement(items, self.source(), distinct)
         self.check_unsupported()
+        if (self.token.kind in ("name", "quoted") and not self.token.is_word(*KEYWORDS)) or self.token.text == ",":
+            raise QueryError("Query one event data store, without an alias or a JOIN")
         if self.accept_word("where"):
             statement.where = self.expression()
         self.check_unsupported()

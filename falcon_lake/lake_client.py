@@ -119,6 +119,7 @@ def run_query(
         raise LakeQueryError(_error_text(exc, "StartQuery", store)) from None
     result = LakeQueryResult(query_id)
     next_progress = started + progress_every
+    polls = 0
     try:
         while True:
             described = client.describe_query(EventDataStore=store, QueryId=query_id)
@@ -147,7 +148,9 @@ def run_query(
                 scanned = int(statistics.get("BytesScanned", 0))
                 progress(f"query {query_id} {status} for {now - started:.0f} s, {format_bytes(scanned)} scanned so far")
                 next_progress = now + progress_every
-            sleep(poll_seconds)
+            # Short queries answer in well under a second: poll fast at first, then every poll_seconds.
+            sleep(min(poll_seconds, 0.1 * 2**polls))
+            polls += 1
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"EventDataStore": store, "QueryId": query_id, "MaxQueryResults": PAGE_SIZE}
