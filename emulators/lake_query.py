@@ -212,7 +212,9 @@ class EventDataStoreService:
                 )
             self._queries[query.query_id] = query
             faults = QueryFaults(**asdict(self._faults))
-        threading.Thread(target=self._run, args=(query, faults), name=f"lake-query-{query.query_id[:8]}").start()
+        threading.Thread(
+            target=self._run, args=(query, faults), name=f"lake-query-{query.query_id[:8]}", daemon=True
+        ).start()
         return {"QueryId": query.query_id}
 
     def _run(self, query: Query, faults: QueryFaults) -> None:

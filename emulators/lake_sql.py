@@ -565,6 +565,11 @@ class _Translator:
     def value(self, expr: Any, timestamp: bool = False) -> str:
         """An operand; string literals compared with a timestamp column become stored timestamps."""
         if isinstance(expr, Literal):
+            # Trino refuses to compare a timestamp with anything but a timestamp (or a string that is one).
+            if expr.timestamp and not timestamp:
+                raise QueryError("A TIMESTAMP literal can only be compared with eventTime or metadata.ingestionTime")
+            if timestamp and expr.value is not None and not isinstance(expr.value, str):
+                raise QueryError(f"Cannot compare a timestamp with {expr.value!r}")
             if (timestamp or expr.timestamp) and isinstance(expr.value, str):
                 try:
                     return self.bind(lake_timestamp(expr.value))
@@ -722,7 +727,12 @@ def translate(statement: Statement) -> Translation:
         if _has_aggregate(expr):
             raise QueryError("GROUP BY cannot contain aggregate functions")
         group_by.append(expr)
-    aggregated = bool(group_by) or any(_has_aggregate(item.expr) for item in items) or statement.having is not None
+    aggregated = (
+        bool(group_by)
+        or any(_has_aggregate(item.expr) for item in items)
+        or any(_has_aggregate(order.expr) for order in statement.order_by)
+        or statement.having is not None
+    )
     if aggregated:
         grouped_keys = {c.key for expr in group_by for c in _columns_of(expr)}
         for item in items:
