@@ -464,3 +464,32 @@ def test_lake_query_runs_cloudtrail_lake_sql_through_the_query_api(lake: tuple[C
     assert bad.returncode == 2 and "rejected the query" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     unknown = lake_query_cli(emulator, "--event-data-store", "00000000-0000-4000-8000-000000000000", "SELECT 1")
     assert unknown.returncode == 2 and "not found" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_query_faults_are_set_over_http_and_the_store_arn_is_a_checked_flag(
+    lake: tuple[CloudTrailEmulator, Any],
+) -> None:
+    import subprocess
+    import sys
+
+    import requests
+
+    emulator, client = lake
+    try:
+        answer = requests.post(f"{emulator.url}/_emulator/query-faults", json={"outcome": "TIMED_OUT"}, timeout=5)
+        assert answer.status_code == 200 and answer.json()["outcome"] == "TIMED_OUT"
+        query_id = client.start_query(QueryStatement=f"SELECT eventData.uid FROM {STORE}")["QueryId"]
+        assert wait(client, query_id)["QueryStatus"] == "TIMED_OUT"
+        bad = requests.post(f"{emulator.url}/_emulator/query-faults", json={"outcome": "EXPLODED"}, timeout=5)
+        assert bad.status_code == 400
+    finally:
+        requests.post(f"{emulator.url}/_emulator/query-faults", json={"outcome": None}, timeout=5)
+    assert requests.get(f"{emulator.url}/_emulator/query-faults", timeout=5).json()["outcome"] is None
+
+    wrong = subprocess.run(
+        [sys.executable, "-m", "falcon_lake.cli", "emulate", "cloudtrail", "--port", "0", "--event-data-store", "eds"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2 and "eventdatastore/ID" in wrong.stderr and "Traceback" not in wrong.stderr
