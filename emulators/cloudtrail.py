@@ -5,7 +5,9 @@ Speaks the AWS rest-json protocol closely enough that an unmodified boto3
 REFERENCE.md §2 (per-event rules in `emulators.cloudtrail_validation`), and can inject
 the faults the publisher must survive: request throttling beyond a TPS quota, latency,
 per-event Throttling/InternalFailure, 5xx answers, forced whole-request errors,
-channels that disappear and accounts that are not subscribed.
+channels that disappear and accounts that are not subscribed. Every channel delivers into
+one event data store, which the same port serves through CloudTrail Lake's query API
+(`cloudtrail` service, JSON 1.1: StartQuery, GetQueryResults, ...; see emulators.lake_query).
 
 Library use (tests):
 
@@ -15,7 +17,7 @@ Library use (tests):
     emulator.stop()
 
 Command line: `falcon-lake emulate cloudtrail --help`. Run-time control over HTTP under
-`/_emulator/` (no authentication): `stats`, `channels`, `faults`, `events`, `reset`.
+`/_emulator/` (no authentication): `stats`, `channels`, `faults`, `query-faults`, `events`, `reset`.
 """
 
 from __future__ import annotations
