@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 MOTO_PORT ?= 4566
+# Test processes run side by side (pytest-xdist): most of a test waits on a broker or a child
+# process, so more workers than cores pays. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
 export KAFKA_PORT MOTO_PORT
 
 .PHONY: help venv demo test test-unit test-integration test-faults lint bench kafka-up kafka-down moto-up moto-down clean
@@ -30,14 +33,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	scripts/kafka.sh fetch
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: $(STAMP)
 	scripts/kafka.sh fetch
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/integration $(PYTEST_ARGS)
 
 test-faults: $(STAMP)
 	scripts/kafka.sh fetch
