@@ -39,8 +39,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from falcon_lake.audit import read_record_file  # noqa: E402
-from falcon_lake.lake_client import LakeQueryError, format_bytes, run_query  # noqa: E402
+from falcon_lake.ops.audit import read_record_file  # noqa: E402
+from falcon_lake.ops.lake_client import LakeQueryError, format_bytes, run_query  # noqa: E402
 
 CHANNEL = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
 EVENT_DATA_STORE = "arn:aws:cloudtrail:us-east-1:123456789012:eventdatastore/0f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b"

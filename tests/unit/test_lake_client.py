@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from falcon_lake.lake_client import LakeQueryError, run_query
+from falcon_lake.ops.lake_client import LakeQueryError, run_query
 
 
 class ScriptedClient:

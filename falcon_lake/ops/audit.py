@@ -30,7 +30,8 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from falcon_lake import dead_letter
 from falcon_lake.headers import FEED, OFFSET, header_int, header_text
 from falcon_lake.kafka_config import client_config
-from falcon_lake.lake_client import (
+from falcon_lake.ops.command import parse_time
+from falcon_lake.ops.lake_client import (
     EventDataStore,
     LakeQueryError,
     LakeQueryResult,
@@ -41,7 +42,6 @@ from falcon_lake.lake_client import (
     region_of,
     run_query,
 )
-from falcon_lake.ops_cli import parse_time
 from falcon_lake.settings import SettingsError, load_filter, load_kafka
 
 DEFAULT_CHANNEL = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"

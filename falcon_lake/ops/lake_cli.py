@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from falcon_lake import lake_client
+from falcon_lake.ops import lake_client
 
 DEFAULT_DB = "cloudtrail-lake.db"
 
