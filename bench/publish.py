@@ -203,18 +203,22 @@ class GroupProgress:
         self._consumer.close()
 
 
-def _longest_gaps(accepted: list[AcceptedEvent], uid_feed: dict[str, str]) -> dict[str, float]:
-    """Per feed (= partition), the longest time between two consecutive accepted requests."""
+def _per_feed(accepted: list[AcceptedEvent], uid_feed: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per feed (= partition): the longest time between two consecutive accepted requests (a
+    starved or stalled partition), and when its last event was accepted, in seconds after the
+    first event of any feed (a partition left behind shows as a late finish)."""
     times: dict[str, set[float]] = defaultdict(set)
     for event in accepted:
         feed = uid_feed.get(event.uid)
         if feed is not None:
             times[feed].add(event.received_s)
-    gaps = {}
+    start = min((min(moments) for moments in times.values()), default=0.0)
+    gaps, finished = {}, {}
     for feed, moments in times.items():
         ordered = sorted(moments)
         gaps[feed] = max((b - a for a, b in itertools.pairwise(ordered)), default=0.0)
-    return gaps
+        finished[feed] = ordered[-1] - start
+    return gaps, finished
 
 
 def run_scenario(
@@ -237,6 +241,7 @@ def _drain(
     svc: Services, scenario: Scenario, topic: str, group: str, produced: int, expected: list[Record]
 ) -> dict[str, Any]:
     progress = GroupProgress(svc.bootstrap, topic, group, PARTITIONS)
+    load_before = os.getloadavg()
     publishers = start_publishers(svc, topic, group, scenario.publishers)
     started = time.time()
     outcome = "drained"
@@ -267,6 +272,7 @@ def _drain(
         ssm_writes = sum(_metric(p.metrics_port, "falcon_lake_publish_ssm_writes_total") for p in publishers)
         stats = svc.emulator.stats()
         lifetime = time.time() - started
+        load = (load_before, os.getloadavg())
     finally:
         for publisher in publishers:
             stop_process(publisher.process)
@@ -284,6 +290,7 @@ def _drain(
         outcome,
         [p.process.returncode for p in publishers],
         svc.log_dir,
+        load,
     )
 
 
@@ -299,6 +306,7 @@ def _figures(
     outcome: str,
     exit_codes: list[int | None],
     log_dir: Path,
+    load: tuple[tuple[float, float, float], tuple[float, float, float]],
 ) -> dict[str, Any]:
     uid_feed = {record.uid: record.feed for record in expected}
     stored = [event.uid for event in accepted]
@@ -308,7 +316,7 @@ def _figures(
     first, last = (moments[0], moments[-1]) if moments else (0.0, 0.0)
     window = max(last - first, 1e-3)
     requests = int(stats["requests"])
-    gaps = _longest_gaps(accepted, uid_feed)
+    gaps, finished = _per_feed(accepted, uid_feed)
     figures: dict[str, Any] = {
         "events_per_s": len(delivered) / window,
         "requests_per_s": requests / window,
@@ -334,9 +342,11 @@ def _figures(
         "events_failed_by_code": stats.get("events_failed_by_code", {}),
         "rss_per_publisher_mb": rss,
         "longest_gap_per_feed_s": gaps,
+        "finished_per_feed_s": finished,
         "outcome": outcome,
         "exit_codes": exit_codes,
         "logs": str(log_dir),
+        "load_average_start_end": load,  # (1, 5, 15 min) when the publishers started and when the drain ended
     }
     return {**{f"{scenario.name}_{key}": value for key, value in figures.items()}, f"{scenario.name}_details": details}
 
@@ -406,7 +416,12 @@ def scenario_summary(scenario: Scenario, results: dict[str, Any]) -> str:
     name = scenario.name
     details = results[f"{name}_details"]
     gaps = ", ".join(f"{feed}: {s:.1f}s" for feed, s in sorted(details["longest_gap_per_feed_s"].items()))
-    lines = [f"   {name}: {details['outcome']}; {details['records']:,} records, {details['expected']:,} expected"]
+    finished = ", ".join(f"{feed}: {s:.1f}s" for feed, s in sorted(details["finished_per_feed_s"].items()))
+    load = " -> ".join("/".join(f"{value:.2f}" for value in moment) for moment in details["load_average_start_end"])
+    lines = [
+        f"   {name}: {details['outcome']}; {details['records']:,} records, {details['expected']:,} expected; "
+        f"load average (1/5/15 min) {load}"
+    ]
     for key, (unit, aims, _higher) in FIGURES.items():
         value = results.get(f"{name}_{key}")
         if value is None:
@@ -419,7 +434,7 @@ def scenario_summary(scenario: Scenario, results: dict[str, Any]) -> str:
         f"   stored {details['stored']:,} (unexpected {details['unexpected']}); requests {details['requests']:,}, "
         f"errors {details['requests_by_error']}, failed events {details['events_failed_by_code']}; "
         f"RSS per publisher {', '.join(f'{mb:.0f}' for mb in details['rss_per_publisher_mb'])} MB; "
-        f"longest gap per feed {gaps}; "
+        f"longest gap per feed {gaps}; last event per feed at {finished}; "
         f"exit codes {details['exit_codes']}; logs {details['logs']}"
     )
     if results[f"{name}_missing"]:
