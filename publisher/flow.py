@@ -332,6 +332,15 @@ class FlowControl:
         state = self._parts.get(partition)
         return 0 if state is None else len(state.window)
 
+    def describe(self) -> str:
+        """One line per the summary log: each partition's unfinished records, ready batches,
+        window, requests out and acknowledged commit."""
+        return "; ".join(
+            f"[{p}] unfinished {self.tracker.unfinished(p)} ready {len(s.ready)} window {len(s.window)}"
+            f" out {s.in_flight} held {len(s.held)} acked {s.acked}"
+            for p, s in sorted(self._parts.items())
+        )
+
     # ---- shutdown -------------------------------------------------------------------------------
     def stop(self) -> None:
         self.stopping = True

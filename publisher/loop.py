@@ -43,6 +43,11 @@ SUMMARY_EVERY_S = 30.0
 # long for its partition's next batch.
 BUSY_WAIT_S = 0.005
 IDLE_WAIT_S = 0.05
+# With the budget used up (the normal state of a drain at the API's ceiling) consume() is still
+# called this often for one record: it serves commit acknowledgements, which move the send
+# window, and rebalance callbacks. The records so taken exceed the budget by at most one per
+# call until the flow control pauses everything (FlowConfig.keepalive_s).
+SERVE_EVERY_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,7 @@ class PublisherLoop:
         self._paused: set[int] = set()  # partitions this loop paused and did not resume
         self._abandon_all = False
         self._lag_seen = 0
+        self._last_consume = 0.0
         self._share = -1.0
         self.fatal: str | None = None
         self.assigned_once = False
@@ -469,6 +475,10 @@ class PublisherLoop:
             # the paused partitions; it serves callbacks and keeps this member in the group.
             wait = BUSY_WAIT_S if busy else IDLE_WAIT_S
             messages = self.consumer.consume(num_messages=max(1, budget or CONSUME_CHUNK), timeout=wait)
+            self._last_consume = now
+        elif now - self._last_consume >= SERVE_EVERY_S:
+            messages = self.consumer.consume(num_messages=1, timeout=0)
+            self._last_consume = now
         else:
             self._drain(timeout=BUSY_WAIT_S)  # the budget is used up: wait for a request instead
         self._accept(messages)
@@ -499,10 +509,11 @@ class PublisherLoop:
             if now >= next_summary:
                 next_summary = now + SUMMARY_EVERY_S
                 log.info(
-                    "summary: %s, unfinished %d, channel %s",
+                    "summary: %s, unfinished %d, channel %s; %s",
                     self.counts,
                     self.flow.unfinished(),
                     "up" if self.flow.channel_up else f"down ({self.flow.down_reason})",
+                    self.flow.describe(),
                 )
         return self._shutdown()
 
