@@ -23,6 +23,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from falcon_lake.backoff import backoff_delay
+
 log = logging.getLogger(__name__)
 
 RETRYABLE_SSM_ERRORS = frozenset({"ThrottlingException", "TooManyUpdates", "InternalServerError"})
@@ -111,12 +113,12 @@ class SsmOffsetStore:
                 if code == "ParameterNotFound":
                     return {}
                 if code in RETRYABLE_SSM_ERRORS and attempt < last:
-                    time.sleep(min(0.2 * 2**attempt, 5.0))
+                    time.sleep(backoff_delay(attempt, 0.2, 5.0))
                     continue
                 raise OffsetStoreError(f"cannot read SSM parameter {self.parameter!r}: {code}") from None
             except BotoCoreError as exc:
                 if attempt < last:
-                    time.sleep(min(0.2 * 2**attempt, 5.0))
+                    time.sleep(backoff_delay(attempt, 0.2, 5.0))
                     continue
                 raise OffsetStoreError(f"cannot reach SSM for parameter {self.parameter!r}: {exc}") from None
         try:

@@ -25,6 +25,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from falcon_lake.backoff import backoff_delay
 from publisher.batch import AuditEventBatch, BatchEntry, retry_batch
 from publisher.flow import Outcome
 from publisher.rate_limit import AdaptiveRateLimiter
@@ -134,7 +135,7 @@ class CloudTrailSender:
         self._rng = random.Random()
 
     def _pause(self, attempt: int, base: float, cap: float, abandon: Callable[[], bool]) -> None:
-        delay = self._rng.uniform(0.5, 1.0) * min(cap, base * 2 ** min(attempt, 16))
+        delay = backoff_delay(attempt, base, cap, self._rng)
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
             if abandon():
