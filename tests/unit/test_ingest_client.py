@@ -91,6 +91,9 @@ class FakeAdmin:
         described = SimpleNamespace(error=None, partitions=dict.fromkeys(range(count)))
         return SimpleNamespace(topics={topic: described})
 
+    def describe_configs(self, resources: list[Any]) -> dict[Any, Any]:
+        return {}  # no max.message.bytes known: the producer's default limit
+
 
 def test_the_partition_count_is_only_taken_once_the_metadata_lists_partitions(
     monkeypatch: pytest.MonkeyPatch,
