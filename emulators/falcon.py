@@ -73,6 +73,8 @@ class Faults:
     - malformed_every: every Nth event line served is preceded by a malformed line (see module doc).
     - idle_gap_every + idle_gap_seconds: pause that long after every N events on a stream.
     - expire_sessions_after: a session dies this many seconds after discovery, refreshed or not.
+    - end_without_newline_every: end a stream cleanly (terminating chunk) after N events on it, the
+      last of them without its newline, as Falcon may.
     """
 
     disconnect_every: int = 0
@@ -85,6 +87,7 @@ class Faults:
     idle_gap_every: int = 0
     idle_gap_seconds: float = 0.0
     expire_sessions_after: float = 0.0
+    end_without_newline_every: int = 0
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
         """A copy with changes applied; ValueError naming the field for an unknown name or bad value."""
@@ -924,6 +927,8 @@ class _FalconHandler(BaseHTTPRequestHandler):
                         reason = "disconnect fault"
                         return
                     limit = min(limit, left)
+                if faults.end_without_newline_every:
+                    limit = min(limit, max(1, faults.end_without_newline_every - served_here))
                 if faults.idle_gap_every:
                     left = faults.idle_gap_every - since_gap
                     if left <= 0:
@@ -936,8 +941,18 @@ class _FalconHandler(BaseHTTPRequestHandler):
                 batch, pos = emulator.source.read(feed, pos, limit, types, now)
                 if batch:
                     data = emulator._compose(feed, batch, faults)
+                    ending = bool(faults.end_without_newline_every) and (
+                        served_here + len(batch) >= faults.end_without_newline_every
+                    )
+                    if ending:
+                        data = data[:-1]  # the last event's newline
                     sock.sendall(b"%x\r\n%b\r\n" % (len(data), data))
                     served_here += len(batch)
+                    if ending:
+                        emulator._bump("", "end_without_newline_every")
+                        sock.sendall(b"0\r\n\r\n")
+                        reason = "clean end without a final newline"
+                        return
                     since_gap += len(batch)
                     last_write = now
                     continue
@@ -1137,6 +1152,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=0.0,
         help="a session dies this many seconds after discovery, refreshed or not",
+    )
+    faults.add_argument(
+        "--end-without-newline-every",
+        type=_non_negative_int,
+        default=0,
+        help="end a stream cleanly after N events on it, the last one without its newline",
     )
     return parser
 

@@ -21,7 +21,7 @@ import requests
 
 from ingestor.falcon_api import AppIdHeld, FalconApiError, FalconClient, FeedSession
 from ingestor.metrics import IngestorMetrics
-from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_line
+from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_final_remainder, parse_line
 from ingestor.resume import ResumePoint
 from ingestor.sink import KafkaEventSink
 
@@ -152,8 +152,14 @@ class FeedReader(threading.Thread):
                     return
             if self._closing.is_set():
                 return  # the end was ours (teardown), not the server's
-            if splitter.pending().strip():
-                log.info("feed %s: stream ended inside a line; it is read again on reconnect", feed)
+            rest = splitter.pending()
+            if rest.strip():
+                # A clean end may come right after a complete last event with no newline of its own.
+                events, whole = parse_final_remainder(rest)
+                for event in events:
+                    self._handle(feed, event)
+                if not whole:
+                    log.info("feed %s: stream ended inside a line; it is read again on reconnect", feed)
             self._publish_progress()
             self._on_end(feed, "stream-end", "the server closed the stream", None)
         except _Abandoned:

@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from emulators.falcon import Faults
 from falcon_lake import dlq
 from falcon_lake.dead_letter import dlq_headers
 from falcon_lake.partitioner import partition_for
@@ -26,7 +27,7 @@ from ingestor.metrics import IngestorMetrics
 from ingestor.ndjson import FalconEvent
 from ingestor.resume import check_partition_count, last_offset_in_topic, resume_points
 from ingestor.sink import KafkaEventSink
-from tests.integration.test_ingest import IngestHarness, falcon_offsets_by_feed, header_map
+from tests.integration.test_ingest import IngestHarness, assert_exactly_once, falcon_offsets_by_feed, header_map
 from tests.support import create_topic, read_topic, wait_for
 
 CID = "0123456789abcdef0123456789abcdef"
@@ -232,3 +233,23 @@ def test_resume_passes_over_a_redrive_larger_than_its_scan_window(
     finally:
         consumer.close()
     assert points[feed].offset == last_ingested + 1 and points[feed].source == "kafka"
+
+
+# -- a clean end without a final newline ------------------------------------------------------------
+
+
+def test_streams_that_end_cleanly_after_an_event_without_newline_lose_and_repeat_nothing(
+    harness: IngestHarness,
+) -> None:
+    events, per_stream = 1_000, 250
+    emulator = harness.emulator(feeds=1, events=events, faults=Faults(end_without_newline_every=per_stream))
+    ingest = harness.start(emulator)
+    harness.wait_for_count(events, ingest)
+    wait_for(lambda: emulator.stats()["streams_opened"] >= events // per_stream + 1, what="the reconnect at the end")
+    assert ingest.terminate() == 0
+
+    assert_exactly_once(harness.records(), emulator, {"0": range(1, events + 1)})
+    stats = emulator.stats()
+    assert stats["faults_injected"]["end_without_newline_every"] == events // per_stream
+    assert stats["events_served"] == {"0": events}  # each stream's last event was taken, not read again
+    assert "stream ended inside a line" not in ingest.output()
