@@ -30,6 +30,22 @@ log = logging.getLogger(__name__)
 REFRESH_AT = 0.9
 
 
+def refresh_delays(feeds: list[FeedSession], now: float) -> tuple[float, float]:
+    """Seconds until the first refresh of a session, and between later ones (`now`: epoch seconds).
+
+    At 90 % of the shortest refreshActiveSessionInterval, whatever its value; the first one also at
+    90 % of the time left before the earliest sessionToken.expiration, when that is sooner.
+    """
+    every = min(f.refresh_interval_s for f in feeds) * REFRESH_AT
+    first = every
+    for feed in feeds:
+        if feed.expiration is not None:
+            left = feed.expiration.timestamp() - now
+            if left > 0:
+                first = min(first, left * REFRESH_AT)
+    return first, every
+
+
 class Backoff:
     """Exponential backoff with full jitter; a server's Retry-After is a floor."""
 
@@ -333,8 +349,8 @@ class StreamSupervisor(threading.Thread):
             reader.start()
         self.connected = True
         self._metrics.connected.set(len(self._readers))
-        interval = min(f.refresh_interval_s for f in feeds)
-        next_refresh = time.monotonic() + interval * REFRESH_AT
+        first, every = refresh_delays(feeds, time.time())
+        next_refresh = time.monotonic() + first
         while not self._stopping.is_set():
             if self._ended.wait(timeout=max(0.0, min(1.0, next_refresh - time.monotonic()))):
                 if self._end is None:
@@ -347,8 +363,8 @@ class StreamSupervisor(threading.Thread):
                     except Exception as exc:
                         cause, retry_after = _cause_of(exc)
                         raise SessionEnded(cause, f"feed {session.feed}: {exc}", retry_after) from None
-                log.info("refreshed %d stream session(s); next in %.0fs", len(feeds), interval * REFRESH_AT)
-                next_refresh = time.monotonic() + interval * REFRESH_AT
+                log.info("refreshed %d stream session(s); next in %.0fs", len(feeds), every)
+                next_refresh = time.monotonic() + every
 
     def _teardown(self) -> None:
         self.connected = False

@@ -46,7 +46,9 @@ class FakeResponse:
 
 
 def feed_session(feed: str) -> FeedSession:
-    return FeedSession(feed, f"http://falcon.invalid/sensors/entities/datafeed/v1/{feed}", Secret("t"), "", "", 1800.0)
+    return FeedSession(
+        feed, f"http://falcon.invalid/sensors/entities/datafeed/v1/{feed}", Secret("t"), None, "", 1800.0
+    )
 
 
 class FakeClient:
