@@ -136,8 +136,9 @@ def boto3_worker(
         "cloudtrail-data",
         endpoint_url=url,
         region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
+        # The emulator's documented local test credentials (README, Local credentials).
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     sent = events = errors = 0
     index = 0

@@ -296,8 +296,9 @@ def run(total: int, feeds: int, rate: int, quiet: bool, stack: ExitStack, work: 
         **env,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_TOPIC": f"demo.events.{int(time.time())}",
-        "AWS_ACCESS_KEY_ID": "demo",
-        "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
+        # The documented local test credentials: moto accepts any, the CloudTrail emulator verifies these.
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL_SSM": f"http://127.0.0.1:{moto_port}",
         "SSM_REGION": "us-east-1",
