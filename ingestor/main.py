@@ -138,13 +138,23 @@ class Ingestor:
         )
 
     def _check_partition_count(self) -> None:
-        consumer = Consumer({**self._kafka_conf, "group.id": "falcon-lake-ingest-resume", "enable.auto.commit": False})
-        try:
-            check_partition_count(consumer, self.settings.kafka.topic, self.partitions)
-        except PartitionCountChanged as exc:
-            raise StartupError(str(exc)) from None
-        finally:
-            consumer.close()
+        """Refuse to start when the topic's partition count is not the one its records were written with."""
+        while not self.stop.is_set():
+            consumer = Consumer(
+                {**self._kafka_conf, "group.id": "falcon-lake-ingest-resume", "enable.auto.commit": False}
+            )
+            try:
+                check_partition_count(consumer, self.settings.kafka.topic, self.partitions)
+                return
+            except PartitionCountChanged as exc:
+                raise StartupError(str(exc)) from None
+            except KafkaException as exc:
+                log.warning(
+                    "cannot read the newest records of %s yet (%s); retrying in 2s", self.settings.kafka.topic, exc
+                )
+                self.stop.wait(2)
+            finally:
+                consumer.close()
 
     def _read_ssm(self) -> None:
         if self.ssm is None:
@@ -182,6 +192,8 @@ class Ingestor:
         if self.stop.is_set():
             return 0
         self._check_partition_count()
+        if self.stop.is_set():
+            return 0
         producer = self.producer = self._make_producer()
         sink = self.sink = KafkaEventSink(
             producer,

@@ -79,6 +79,15 @@ def check_partition_count(consumer: Consumer, topic: str, partitions: int, timeo
     Reads one record per non-empty partition (its newest). Records without `falcon.partitions`
     (written by a version before it existed) prove nothing and are passed over.
     """
+    # Learn the topic's partitions first: a topic created a moment ago may be unknown to this client yet.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if described is not None and described.error is None and len(described.partitions) >= partitions:
+            break
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topic {topic} does not list its {partitions} partitions yet")
+        time.sleep(0.2)
     assignment = []
     for partition in range(partitions):
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30, cached=False)
