@@ -102,7 +102,7 @@ def raw_worker(url: str, bodies: list[bytes], deadline: float, counts: list[int]
     """Send signed requests over one kept-alive connection until the deadline."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
-    signer = SigV4Auth(Credentials("bench", "bench"), "cloudtrail-data", "us-east-1")
+    signer = SigV4Auth(Credentials("testing", "testing"), "cloudtrail-data", "us-east-1")  # the local test pair
     target = f"/PutAuditEvents?channelArn={quote(CHANNEL, safe='')}"
     sent = events = errors = 0
     index = 0
