@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import AdminClient, NewPartitions
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    ResourceType,
+)
 
 from emulators.falcon import Faults
 from falcon_lake import dlq
@@ -253,3 +260,37 @@ def test_streams_that_end_cleanly_after_an_event_without_newline_lose_and_repeat
     assert stats["faults_injected"]["end_without_newline_every"] == events // per_stream
     assert stats["events_served"] == {"0": events}  # each stream's last event was taken, not read again
     assert "stream ended inside a line" not in ingest.output()
+
+
+def test_a_topic_limit_lowered_mid_run_stops_the_ingestor_and_the_restart_skips_nothing(
+    harness: IngestHarness, tmp_path: Path
+) -> None:
+    """The broker refuses a batch the producer thought fine: the ingestor exits 1 with nothing after
+    the refused event in Kafka, and the restart (which reads the new limit) dead-letters it and goes on."""
+    create_topic(harness.kafka, harness.topic, partitions=1)
+    events, big, first_part = 600, 400, 300
+    emulator = harness.emulator(
+        feeds=1,
+        from_file=_event_file(tmp_path / "events.ndjson", events, big),
+        faults=Faults(idle_gap_every=first_part, idle_gap_seconds=4.0),
+    )
+    first = harness.start(emulator)
+    harness.wait_for_count(first_part, first)
+    admin = AdminClient({"bootstrap.servers": harness.kafka})
+    limit = ConfigEntry("max.message.bytes", str(TOPIC_LIMIT), incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, harness.topic, incremental_configs=[limit])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+    assert first.wait(60) == 1, first.output()[-3000:]
+    assert "unable to satisfy gap-less guarantee" in first.output()
+    assert "not sent after the failure" in first.output()  # purged, not flushed
+
+    got = falcon_offsets_by_feed(harness.records()).get("0", [])
+    assert got == list(range(1, len(got) + 1)) and first_part <= len(got) < big, got[-3:]
+
+    second = harness.start(emulator)
+    harness.wait_for_count(events - 1, second, timeout=90)
+    wait_for(lambda: harness.count(harness.dlq_topic) == 1, what="the big event in the DLQ")
+    assert second.terminate() == 0
+    assert falcon_offsets_by_feed(harness.records()) == {"0": [o for o in range(1, events + 1) if o != big]}
+    assert header_map(harness.records(harness.dlq_topic)[0])["falcon.offset"] == str(big).encode()
