@@ -5,15 +5,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 MOTO_PORT ?= 4566
+# Test processes run side by side (pytest-xdist): most of a test waits on a broker or a child
+# process, so more workers than cores pays. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
 export KAFKA_PORT MOTO_PORT
 
-.PHONY: help venv demo test test-unit test-integration test-faults lint bench kafka-up kafka-down moto-up moto-down clean
+.PHONY: help venv demo test test-unit test-integration test-faults lint bench bench-record kafka-up kafka-down moto-up moto-down clean
 
 help:
 	@echo "make demo          run the whole pipeline locally on generated events and check the result"
 	@echo "make test          run the test suite (starts and stops its own broker and moto)"
 	@echo "make lint          ruff + mypy"
-	@echo "make bench         benchmarks; prints a table, writes bench/results/latest.json"
+	@echo "make bench         benchmarks; prints a table, writes bench/results/local/ (ignored by git)"
+	@echo "make bench-record  copy the last full make bench table to the committed bench/results/latest.md"
 	@echo "make kafka-up/down start/stop a local Apache Kafka broker on 127.0.0.1:$(KAFKA_PORT)"
 	@echo "make moto-up/down  start/stop moto (SSM, Secrets Manager) on 127.0.0.1:$(MOTO_PORT)"
 
@@ -30,14 +34,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	scripts/kafka.sh fetch
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: $(STAMP)
 	scripts/kafka.sh fetch
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/integration $(PYTEST_ARGS)
 
 test-faults: $(STAMP)
 	scripts/kafka.sh fetch
@@ -51,6 +55,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	scripts/kafka.sh fetch
 	$(BIN)/python -m bench.run
+
+bench-record: $(STAMP)
+	$(BIN)/python -m bench.run record
 
 kafka-up: $(STAMP)
 	scripts/kafka.sh start

@@ -1,494 +1,456 @@
 """How fast `falcon-lake publish` drains a backlog into CloudTrail Lake, beside the old gateway's way.
 
 Everything on loopback: the Kafka broker (`bootstrap`, else KAFKA_BOOTSTRAP_SERVERS, else
-127.0.0.1:9092), and in this process a moto server (SSM) and the CloudTrail Lake emulator with
-the real quota (100 PutAuditEvents/s) and 50 ms of latency per request. A fresh topic of 3
-partitions gets a backlog of login audit events (AuthActivityAuditEvent from "CrowdStrike
-Authentication", what the default `gateway` preset and the old gateway both deliver, so every
-event is delivered), from three Falcon feeds, one per partition, keyed and headed exactly as
-the ingestor writes them. Then:
+127.0.0.1:9092), moto (SSM) and, for each scenario, a fresh CloudTrail Lake emulator process at
+the real quota (`--tps 100`) with `--latency-ms 50`. Each scenario gets a fresh topic of 3
+partitions (one Falcon feed each, keyed and headed as the ingestor writes them) and a fresh
+consumer group; the publishers are real `falcon-lake publish` processes with the product's
+default settings (no PUT_RATE_LIMIT is passed, so the same harness measures any version fairly):
 
-1. the publisher, `falcon-lake publish` as a real process with its default settings, drains
-   the backlog. Figures: events/s from the first to the last accepted event, PutAuditEvents
-   calls per delivered event, SSM writes per minute, peak RSS of the process (VmHWM).
-2. the OLD GATEWAY BASELINE (`GatewayBaseline`, bench code only, never product code): one event
-   per PutAuditEvents call, one SSM PutParameter (a Python dict repr) per event, four worker
-   threads fed by an unbounded in-memory queue, failed events not retried. It reads the same
-   backlog (from Kafka, standing in for the Falcon stream) in a process of its own, against the
-   same emulators, for a bounded time (20 s; 8 s with BENCH_QUICK=1).
+- `logins_1p`: one publisher drains LOGIN_BACKLOG console logins (10 % failed, bench.backlog);
+- `logins_3p`: three publishers (one group) drain the same backlog together;
+- `mix_1p`: one publisher drains MIX_BACKLOG records of the emulator's realistic mix (the default
+  `gateway` filter delivers about 45 % of them);
+- then the OLD GATEWAY BASELINE (bench.gateway_baseline) reads the login backlog for a bounded
+  time (20 s; 8 s with BENCH_QUICK=1) against a fresh emulator.
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m bench.publish       (BENCH_QUICK=1: 20,000 events)
+A scenario ends when the group has committed every record (or nothing moved for STALL_S). Its
+figures come from the emulator's stats and store, never from the publisher's own account:
+events delivered/s (first to last accepted event), records consumed/s (first accepted event to
+all records committed), PutAuditEvents requests/s, throttled fraction, calls per event, peak RSS
+per publisher with its children (VmHWM), duplicates stored, and MISSING events (every expected UID
+must be stored; a run that loses one says so loudly and `run.py` counts the benchmark as failed).
 
-Prints a table with the baseline and the ratio (publisher / baseline) beside each figure;
-`run()` returns the figures as a dict: each name in FIGURES, with `_baseline` and `_ratio` twins.
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m bench.publish [logins_1p logins_3p mix_1p baseline]
+
+BENCH_QUICK=1: 20,000 logins and a 40,000-record mix. BENCH_WITHHOLD=N leaves N records of each
+backlog out of Kafka while still expecting them: a self-test that the missing check fails.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
-import logging
-import multiprocessing
 import os
-import queue
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, TopicPartition
 
-from emulators.falcon_events import AUTH_SERVICE, EventGenerator
-from falcon_lake.partitioner import partition_for
+from bench.backlog import (
+    FAILED_FRACTION,
+    LOGIN_OPERATIONS,
+    PARTITIONS,
+    Record,
+    delivered_by_gateway,
+    failed_logins,
+    login_backlog,
+    produce,
+    realistic_mix,
+)
+from bench.gateway_baseline import run_baseline
+from bench.harness import (
+    CHANNEL_ARN,
+    EMULATOR_LATENCY_MS,
+    EMULATOR_TPS,
+    REGION,
+    ROOT,
+    AcceptedEvent,
+    Services,
+    create_topics,
+    delete_topics,
+    free_port,
+    services,
+    stop_process,
+    tree_peak_rss_mb,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-CHANNEL_ARN = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
-PARTITIONS = 3
-FEEDS = ("0", "1", "4")  # murmur2 puts these on partitions 2, 0 and 1 of a 3-partition topic
-EMULATE = [sys.executable, "-m", "falcon_lake.cli", "emulate", "cloudtrail"]
-EMULATOR_TPS = 100.0
-EMULATOR_LATENCY_MS = "50"
-BACKLOG = 100_000
-QUICK_BACKLOG = 20_000
+LOGIN_BACKLOG = 100_000
+QUICK_LOGIN_BACKLOG = 20_000
+MIX_BACKLOG = 200_000
+QUICK_MIX_BACKLOG = 40_000
 BASELINE_SECONDS = 20.0
 QUICK_BASELINE_SECONDS = 8.0
-DRAIN_TIMEOUT_S = 300.0
-
-# name -> (unit, aim, True when higher is better)
-FIGURES: dict[str, tuple[str, str, bool]] = {
-    "drain_events_per_s": ("events/s", ">= 9,000", True),
-    "calls_per_event": ("calls", "", False),
-    "ssm_writes_per_min": ("writes/min", "", False),
-    "peak_rss_mb": ("MB", "< 200", False),  # the process and its children (conversion worker)
-}
+DRAIN_TIMEOUT_S = 900.0
+STALL_S = 60.0  # nothing accepted and nothing committed for this long: the drain is stuck
+POLL_S = 0.1
+# Settings the harness never passes on from its own environment, so each run uses the product's defaults.
+PRODUCT_DEFAULTS = ("PUT_RATE_LIMIT", "MAX_IN_FLIGHT_PER_PARTITION", "PUBLISH_MAX_BUFFERED_RECORDS", "FILTER_PRESET")
 
 
 @dataclass(frozen=True)
-class Record:
-    """One Falcon event as the ingestor puts it in the topic."""
-
-    feed: str
-    offset: int
-    event_type: str
-    cid: str
-    created_ms: int
-    raw: bytes
+class Scenario:
+    name: str
+    label: str
+    publishers: int
+    backlog: str  # "logins" or "mix"
 
 
-def login_backlog(count: int, feeds: tuple[str, ...] = FEEDS, seed: int = 11) -> list[Record]:
-    """`count` generated AuthActivityAuditEvents of "CrowdStrike Authentication", spread evenly
-    over `feeds`; offsets increase per feed with the gaps a server-side-filtered stream has."""
-    now_ms = int(time.time() * 1000)
-    generator = EventGenerator(seed, base_time_ms=now_ms - 3_600_000, spacing_ms=10.0)
-    service = json.dumps(AUTH_SERVICE).encode()
-    per_feed = -(-count // len(feeds))
-    records: list[Record] = []
-    for feed in feeds:
-        offset = taken = 0
-        while taken < per_feed and len(records) < count:
-            offset += 1
-            event_type, raw = generator.render(feed, offset)
-            if event_type != "AuthActivityAuditEvent" or service not in raw:
-                continue
-            records.append(Record(feed, offset, event_type, generator.cid, generator.created_ms(offset), raw))
-            taken += 1
-    return records
+SCENARIOS = (
+    Scenario("logins_1p", "login backlog, one publisher", 1, "logins"),
+    Scenario("logins_3p", "login backlog, three publishers", 3, "logins"),
+    Scenario("mix_1p", "realistic mix, one publisher", 1, "mix"),
+)
+
+# Figure suffix -> (unit, aim by scenario name, True when higher is better). `run()` returns
+# `<scenario>_<suffix>` for each.
+FIGURES: dict[str, tuple[str, dict[str, str], bool]] = {
+    "events_per_s": ("events/s", {"logins_1p": ">= 9,000", "logins_3p": ">= 9,000", "mix_1p": ">= 7,000"}, True),
+    "records_per_s": ("records/s", {}, True),
+    "requests_per_s": ("requests/s", {}, True),
+    "throttled_pct": ("% of requests", {"logins_3p": "<= 5"}, False),
+    "calls_per_event": ("calls", {}, False),
+    "peak_rss_mb": ("MB", {s.name: "< 200" for s in SCENARIOS}, False),
+    "ssm_writes_per_min": ("writes/min", {}, False),
+    "duplicates": ("events", {}, False),
+    "missing": ("events", {s.name: "0" for s in SCENARIOS}, False),
+    "longest_stall_s": ("s", {}, False),
+}
+BASELINE_FIGURES = ("drain_events_per_s", "calls_per_event", "ssm_writes_per_min", "peak_rss_mb")
 
 
-def produce(bootstrap: str, topic: str, records: list[Record], partitions: int = PARTITIONS) -> None:
-    """Write records as the ingestor does: key = feed, exact bytes, falcon.* headers, murmur2 partition."""
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "compression.type": "zstd"}
-    )
-    for record in records:
-        headers: list[tuple[str, str | bytes | None]] = [
-            ("falcon.feed", record.feed.encode()),
-            ("falcon.offset", str(record.offset).encode()),
-            ("falcon.event_type", record.event_type.encode()),
-            ("falcon.cid", record.cid.encode()),
-            ("falcon.created_ms", str(record.created_ms).encode()),
-        ]
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    key=record.feed.encode(),
-                    value=record.raw,
-                    headers=headers,
-                    partition=partition_for(record.feed, partitions),
-                )
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    if producer.flush(60) != 0:
-        raise RuntimeError("the backlog could not be written to Kafka")
-
-
-def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = [NewTopic(name, num_partitions=count, replication_factor=1) for name, count in topics.items()]
-    for future in admin.create_topics(new).values():
-        future.result(timeout=30)
-
-
-def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.delete_topics(topics, operation_timeout=30).values():
-        with contextlib.suppress(Exception):  # clean-up only; the names are unique anyway
-            future.result(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def peak_rss_mb(pid: int | None = None) -> float:
-    """VmHWM (the peak resident set size) of a live process (default: this one), in MB."""
-    for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def aws_client(service: str, endpoint: str, max_pool_connections: int = 10) -> Any:
-    return boto3.session.Session().client(
-        service,
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=max_pool_connections),
-    )
-
-
-class EmulatorProcess:
-    """`falcon-lake emulate cloudtrail` in a process of its own (as the real service is elsewhere:
-    its CPU and GIL are not the bench's), controlled over its /_emulator/ endpoints."""
-
-    def __init__(self, log_path: Path) -> None:
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._process = subprocess.Popen(
-            [*EMULATE, "--port", "0", "--seed", "1", "--tps", str(EMULATOR_TPS), "--latency-ms", EMULATOR_LATENCY_MS],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=ROOT,
-        )
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline().decode()
-        if "listening on " not in line:
-            raise RuntimeError(f"the CloudTrail emulator did not start: {line!r}; see {log_path}")
-        self.url = line.rsplit("listening on ", 1)[1].strip()
-
-    def _call(self, method: str, path: str) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.url}/_emulator/{path}", method=method, data=b"{}")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-
-    def stats(self) -> dict[str, Any]:
-        return self._call("GET", "stats")
-
-    def reset(self) -> None:
-        self._call("POST", "reset")
-
-    def stop(self) -> None:
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-        self._log.close()
-
-
-@dataclass
-class Services:
-    bootstrap: str
-    moto_url: str
-    emulator: EmulatorProcess
-
-
-@contextlib.contextmanager
-def services(bootstrap: str, log_dir: Path) -> Iterator[Services]:
-    """moto (SSM, in this process) and the CloudTrail Lake emulator (a process of its own), on loopback."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto would log every request
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    emulator = EmulatorProcess(log_dir / "cloudtrail-emulator.log")
+def product_rate_limit() -> str:
+    """PUT_RATE_LIMIT as the product defaults it (for the settings line), or '?'."""
     try:
-        yield Services(bootstrap, f"http://127.0.0.1:{port}", emulator)
-    finally:
-        emulator.stop()
-        moto.stop()
+        from falcon_lake.settings import load_publisher
+
+        return f"{load_publisher({'CLOUDTRAIL_LAKE_CHANNEL_ARN': CHANNEL_ARN}).rate_limit_rps:g} requests/s"
+    except Exception:  # a bench that cannot read a default still runs
+        return "?"
 
 
 def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def run_publisher(svc: Services, topic: str, expected: int, log_path: Path) -> dict[str, float]:
-    """Start `falcon-lake publish`, wait until the emulator holds `expected` events, measure, SIGTERM."""
-    parameter = f"/bench/{topic}/last_seen_offsets"
-    metrics_port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": svc.bootstrap,
-        "KAFKA_TOPIC": topic,
-        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
-        "KAFKA_GROUP_ID": f"{topic}-publisher",
-        "CLOUDTRAIL_LAKE_CHANNEL_ARN": CHANNEL_ARN,
-        "AWS_ENDPOINT_URL_CLOUDTRAIL_DATA": svc.emulator.url,
-        "AWS_ENDPOINT_URL_SSM": svc.moto_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "SSM_OFFSETS_PARAMETER": parameter,
-        "METRICS_PORT": str(metrics_port),
-        "LOG_LEVEL": os.environ.get("PUBLISH_LOG_LEVEL", "WARNING"),
-    }
-    svc.emulator.reset()
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "falcon_lake.cli", "publish"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
+    """Sum of a Prometheus counter over its labels; 0 when the publisher does not export it."""
     try:
-        started = time.monotonic()
-        first: float | None = None
-        while True:
-            accepted = svc.emulator.stats()["events_accepted"]
-            now = time.monotonic()
-            if accepted and first is None:
-                first = now
-            if accepted >= expected:
-                break
-            if process.poll() is not None:
-                raise RuntimeError(f"the publisher exited ({process.returncode}); see {log_path}")
-            if now - started > DRAIN_TIMEOUT_S:
-                raise RuntimeError(f"the publisher delivered {accepted} of {expected} in {DRAIN_TIMEOUT_S}s")
-            time.sleep(0.05)
-        done = time.monotonic()
-        assert first is not None
-        # The publisher's peak RSS: its own and that of its children (the conversion worker).
-        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-        rss = peak_rss_mb(process.pid) + sum(peak_rss_mb(int(child)) for child in children)
-        stats = svc.emulator.stats()
-        ssm_writes = _metric(metrics_port, "falcon_lake_publish_ssm_writes_total")
-        lifetime = done - started
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    drain = max(done - first, 1e-6)
-    return {
-        "drain_events_per_s": expected / drain,
-        "calls_per_event": stats["requests"] / max(1, stats["events_accepted"]),
-        "ssm_writes_per_min": ssm_writes / lifetime * 60.0,
-        "peak_rss_mb": rss,
-        "drain_seconds": drain,
-        "start_to_first_event_s": first - started,
-        "exit_code": float(process.returncode),
-    }
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
-# ---- the old gateway, re-implemented faithfully for comparison (REFERENCE.md section 4) --------------
+@dataclass
+class Publisher:
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
 
 
-def gateway_audit_event(raw: bytes, feed: str, account: str) -> dict[str, str] | None:
-    """The old gateway's mapping of one login event; None for an event it does not forward."""
-    envelope = json.loads(raw)
-    metadata, event = envelope["metadata"], envelope["event"]
-    if metadata.get("eventType") != "AuthActivityAuditEvent":
-        return None
-    if str(event.get("ServiceName", "")).lower() != AUTH_SERVICE.lower():
-        return None
-    uid = f"{feed}_{metadata['offset']}"
-    data = {
-        "version": metadata["version"],
-        "userIdentity": {
-            "type": metadata["eventType"],
-            "principalId": event["UserId"],
-            "details": {"AuditKeyValues": event.get("AuditKeyValues", [])},
-        },
-        "userAgent": "falcon-integration-gateway",
-        "eventSource": "crowdstrike",
-        "eventName": event["OperationName"],
-        "eventTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(metadata["eventCreationTime"] // 1000)),
-        "UID": uid,
-        "sourceIPAddress": event.get("UserIp"),
-        "recipientAccountId": account,
-        "additionalEventData": {"raw": envelope},
-    }
-    return {"id": uid, "eventData": json.dumps(data)}
-
-
-class GatewayBaseline:
-    """The old gateway's delivery strategy: one reader filling an unbounded queue, four workers each
-    sending one event per PutAuditEvents call and writing the SSM offsets (a dict repr) per event."""
-
-    WORKERS = 4
-
-    def __init__(self, bootstrap: str, topic: str, cloudtrail_url: str, ssm_url: str, parameter: str) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._cloudtrail = aws_client("cloudtrail-data", cloudtrail_url)
-        self._ssm = aws_client("ssm", ssm_url)
-        self._parameter = parameter
-        self._queue: queue.Queue[tuple[str, int, bytes]] = queue.Queue()  # unbounded, as it was
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._offsets: dict[str, int] = {}
-        self.calls = self.delivered = self.ssm_writes = 0
-
-    def _read(self) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self._bootstrap,
-                "group.id": f"{self._topic}-gateway",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-        consumer.subscribe([self._topic])
-        try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(500, 0.1):
-                    if msg.error() is None:
-                        self._queue.put(((msg.key() or b"0").decode(), msg.offset() or 0, msg.value() or b""))
-        finally:
-            consumer.close()
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                feed, _kafka_offset, raw = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            entry = gateway_audit_event(raw, feed, ACCOUNT)
-            if entry is None:
-                continue
-            response = self._cloudtrail.put_audit_events(channelArn=CHANNEL_ARN, auditEvents=[entry])
-            with self._lock:
-                self.calls += 1
-                self.delivered += len(response.get("successful", []))  # failures were only logged
-                self._offsets[feed] = int(entry["id"].rsplit("_", 1)[1])
-                value = repr(dict(self._offsets))
-            self._ssm.put_parameter(Name=self._parameter, Value=value, Type="String", Overwrite=True)
-            with self._lock:
-                self.ssm_writes += 1
-
-    def run(self, seconds: float) -> dict[str, float]:
-        threads = [threading.Thread(target=self._read, daemon=True)]
-        threads += [threading.Thread(target=self._work, daemon=True) for _ in range(self.WORKERS)]
-        for thread in threads:
-            thread.start()
-        time.sleep(seconds)
-        self._stop.set()
-        for thread in threads:
-            thread.join(10)
-        return {
-            "drain_events_per_s": self.delivered / seconds,
-            "calls_per_event": self.calls / max(1, self.delivered),
-            "ssm_writes_per_min": self.ssm_writes / seconds * 60.0,
-            "peak_rss_mb": peak_rss_mb(),
+def start_publishers(svc: Services, topic: str, group: str, count: int) -> list[Publisher]:
+    """`count` `falcon-lake publish` processes in one consumer group, product defaults otherwise."""
+    base = {key: value for key, value in os.environ.items() if key not in PRODUCT_DEFAULTS}
+    publishers = []
+    for index in range(count):
+        port = free_port()
+        env = {
+            **base,
+            "KAFKA_BOOTSTRAP_SERVERS": svc.bootstrap,
+            "KAFKA_TOPIC": topic,
+            "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+            "KAFKA_GROUP_ID": group,
+            "CLOUDTRAIL_LAKE_CHANNEL_ARN": CHANNEL_ARN,
+            "AWS_ENDPOINT_URL_CLOUDTRAIL_DATA": svc.emulator.url,
+            "AWS_ENDPOINT_URL_SSM": svc.moto_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "SSM_OFFSETS_PARAMETER": f"/bench/{topic}/last_seen_offsets",
+            "METRICS_PORT": str(port),
+            "LOG_LEVEL": os.environ.get("PUBLISH_LOG_LEVEL", "WARNING"),
         }
+        log_path = svc.log_dir / f"{topic}-publish-{index}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "falcon_lake.cli", "publish"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        publishers.append(Publisher(process, port, log_path))
+    return publishers
 
 
-def _baseline_child(args: tuple[str, str, str, str, str, float], results: Any) -> None:
-    bootstrap, topic, cloudtrail_url, ssm_url, parameter, seconds = args
-    results.put(GatewayBaseline(bootstrap, topic, cloudtrail_url, ssm_url, parameter).run(seconds))
+class GroupProgress:
+    """The consumer group's committed offsets against the topic's end offsets (no group join)."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, partitions: int) -> None:
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
+        self.end = {tp.partition: self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._partitions}
+
+    def committed(self) -> dict[int, int]:
+        done = self._consumer.committed(self._partitions, timeout=10)
+        return {tp.partition: max(tp.offset, 0) for tp in done}
+
+    def remaining(self) -> int:
+        committed = self.committed()
+        return sum(self.end[p] - committed.get(p, 0) for p in self.end)
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
-def run_baseline(svc: Services, topic: str, seconds: float) -> dict[str, float]:
-    """The gateway strategy in a process of its own (so its peak RSS is its own) for `seconds`."""
-    svc.emulator.reset()
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    args = (svc.bootstrap, topic, svc.emulator.url, svc.moto_url, f"/bench/{topic}/gateway_offsets", seconds)
-    child = context.Process(target=_baseline_child, args=(args, results))
-    child.start()
-    try:
-        figures: dict[str, float] = results.get(timeout=seconds + 120)
-    finally:
-        child.join(30)
-        if child.is_alive():
-            child.kill()
-    return figures
+def _per_feed(accepted: list[AcceptedEvent], uid_feed: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per feed (= partition): the longest time between two consecutive accepted requests (a
+    starved or stalled partition), and when its last event was accepted, in seconds after the
+    first event of any feed (a partition left behind shows as a late finish)."""
+    times: dict[str, set[float]] = defaultdict(set)
+    for event in accepted:
+        feed = uid_feed.get(event.uid)
+        if feed is not None:
+            times[feed].add(event.received_s)
+    start = min((min(moments) for moments in times.values()), default=0.0)
+    gaps, finished = {}, {}
+    for feed, moments in times.items():
+        ordered = sorted(moments)
+        gaps[feed] = max((b - a for a, b in itertools.pairwise(ordered)), default=0.0)
+        finished[feed] = ordered[-1] - start
+    return gaps, finished
 
 
-def run(quick: bool = False, bootstrap: str | None = None) -> dict[str, float]:
-    """Publisher and old-gateway figures on one backlog (see the module docstring)."""
-    quick = quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
-    bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
-    count = QUICK_BACKLOG if quick else BACKLOG
-    topic = f"bench-publish-{uuid.uuid4().hex[:8]}"
-    records = login_backlog(count)
+def run_scenario(
+    bootstrap: str, scenario: Scenario, records: list[Record], expected: list[Record], withhold: int = 0
+) -> dict[str, Any]:
+    """Drain `records` (minus the last `withhold`) with the scenario's publishers; `expected` are
+    the records the default filter delivers. Returns the figures (see FIGURES) and details."""
+    topic = f"bench-{scenario.name.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+    group = f"{topic}-publisher"
     create_topics(bootstrap, {topic: PARTITIONS, f"{topic}.dlq": 1})
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-publish-"))
     try:
-        produce(bootstrap, topic, records)
-        with services(bootstrap, log_dir) as svc:
-            mine = run_publisher(svc, topic, len(records), log_dir / "publish.log")
-            old = run_baseline(svc, topic, QUICK_BASELINE_SECONDS if quick else BASELINE_SECONDS)
+        produce(bootstrap, topic, records[: len(records) - withhold])
+        with services(bootstrap) as svc:
+            return _drain(svc, scenario, topic, group, len(records) - withhold, expected)
     finally:
         delete_topics(bootstrap, [topic, f"{topic}.dlq"])
-    results: dict[str, float] = {"backlog_events": float(len(records))}
-    for name in FIGURES:
-        results[name] = mine[name]
-        results[f"{name}_baseline"] = old[name]
-        results[f"{name}_ratio"] = mine[name] / old[name] if old[name] else float("nan")
-    results["drain_seconds"] = mine["drain_seconds"]
-    results["start_to_first_event_s"] = mine["start_to_first_event_s"]
-    results["publisher_exit_code"] = mine["exit_code"]
+
+
+def _drain(
+    svc: Services, scenario: Scenario, topic: str, group: str, produced: int, expected: list[Record]
+) -> dict[str, Any]:
+    progress = GroupProgress(svc.bootstrap, topic, group, PARTITIONS)
+    load_before = os.getloadavg()
+    publishers = start_publishers(svc, topic, group, scenario.publishers)
+    started = time.time()
+    outcome = "drained"
+    all_committed_at: float | None = None
+    try:
+        last_move, last_state = started, (-1, -1)
+        while True:
+            time.sleep(POLL_S)
+            now = time.time()
+            accepted = svc.emulator.stats()["events_accepted"]
+            remaining = progress.remaining()
+            if (accepted, remaining) != last_state:
+                last_move, last_state = now, (accepted, remaining)
+            if remaining == 0 and accepted >= 1:
+                all_committed_at = now
+                break
+            exited = [p for p in publishers if p.process.poll() is not None]
+            if exited:
+                outcome = f"a publisher exited ({exited[0].process.returncode}); see {exited[0].log_path}"
+                break
+            if now - last_move > STALL_S:
+                outcome = f"STALLED: nothing accepted or committed for {STALL_S:.0f}s, {remaining} records uncommitted"
+                break
+            if now - started > DRAIN_TIMEOUT_S:
+                outcome = f"TIMED OUT after {DRAIN_TIMEOUT_S:.0f}s, {remaining} records uncommitted"
+                break
+        rss = [tree_peak_rss_mb(p.process.pid) if p.process.poll() is None else float("nan") for p in publishers]
+        ssm_writes = sum(_metric(p.metrics_port, "falcon_lake_publish_ssm_writes_total") for p in publishers)
+        stats = svc.emulator.stats()
+        lifetime = time.time() - started
+        load = (load_before, os.getloadavg())
+    finally:
+        for publisher in publishers:
+            stop_process(publisher.process)
+        progress.close()
+    accepted_events = svc.emulator.accepted()
+    return _figures(
+        scenario,
+        expected,
+        produced,
+        accepted_events,
+        stats,
+        rss,
+        ssm_writes / lifetime * 60.0,
+        all_committed_at,
+        outcome,
+        [p.process.returncode for p in publishers],
+        svc.log_dir,
+        load,
+    )
+
+
+def _figures(
+    scenario: Scenario,
+    expected: list[Record],
+    produced: int,
+    accepted: list[AcceptedEvent],
+    stats: dict[str, Any],
+    rss: list[float],
+    ssm_writes_per_min: float,
+    all_committed_at: float | None,
+    outcome: str,
+    exit_codes: list[int | None],
+    log_dir: Path,
+    load: tuple[tuple[float, float, float], tuple[float, float, float]],
+) -> dict[str, Any]:
+    uid_feed = {record.uid: record.feed for record in expected}
+    stored = [event.uid for event in accepted]
+    unique = set(stored)
+    delivered = unique & uid_feed.keys()
+    moments = sorted(event.received_s for event in accepted)
+    first, last = (moments[0], moments[-1]) if moments else (0.0, 0.0)
+    window = max(last - first, 1e-3)
+    requests = int(stats["requests"])
+    gaps, finished = _per_feed(accepted, uid_feed)
+    figures: dict[str, Any] = {
+        "events_per_s": len(delivered) / window,
+        "requests_per_s": requests / window,
+        "throttled_pct": 100.0 * stats["requests_throttled"] / max(1, requests),
+        "calls_per_event": requests / max(1, len(delivered)),
+        "peak_rss_mb": max((mb for mb in rss if mb == mb), default=float("nan")),  # nan: the process had exited
+        "ssm_writes_per_min": ssm_writes_per_min,
+        "duplicates": len(stored) - len(unique),
+        "missing": len(uid_feed.keys() - unique),
+        "longest_stall_s": max(gaps.values(), default=0.0),
+    }
+    if scenario.backlog == "mix" and all_committed_at is not None and moments:
+        figures["records_per_s"] = produced / max(all_committed_at - first, 1e-3)
+    details = {
+        "records": produced,
+        "expected": len(uid_feed),
+        "stored": len(stored),
+        "unexpected": len(unique - uid_feed.keys()),
+        "drain_seconds": window,
+        "requests": requests,
+        "requests_throttled": stats["requests_throttled"],
+        "requests_by_error": stats.get("requests_by_error", {}),
+        "events_failed_by_code": stats.get("events_failed_by_code", {}),
+        "rss_per_publisher_mb": rss,
+        "longest_gap_per_feed_s": gaps,
+        "finished_per_feed_s": finished,
+        "outcome": outcome,
+        "exit_codes": exit_codes,
+        "logs": str(log_dir),
+        "load_average_start_end": load,  # (1, 5, 15 min) when the publishers started and when the drain ended
+    }
+    return {**{f"{scenario.name}_{key}": value for key, value in figures.items()}, f"{scenario.name}_details": details}
+
+
+def settings_line(quick: bool, withhold: int) -> str:
+    logins, mix = (QUICK_LOGIN_BACKLOG, QUICK_MIX_BACKLOG) if quick else (LOGIN_BACKLOG, MIX_BACKLOG)
+    line = (
+        f"settings: CloudTrail emulator --tps {EMULATOR_TPS:g} --latency-ms {EMULATOR_LATENCY_MS}; "
+        f"{PARTITIONS} partitions, one feed each; {logins:,} logins ({', '.join(LOGIN_OPERATIONS)}; "
+        f"{FAILED_FRACTION:.0%} failed); mix of {mix:,} records; publisher settings: product defaults "
+        f"(PUT_RATE_LIMIT not set, product default {product_rate_limit()}; FILTER_PRESET gateway)"
+    )
+    return line + (f"; WITHHOLDING {withhold} record(s) per backlog (self-test)" if withhold else "")
+
+
+def run(
+    quick: bool = False, bootstrap: str | None = None, only: tuple[str, ...] = (), withhold: int | None = None
+) -> dict[str, Any]:
+    """Figures of every scenario and of the old gateway (see the module docstring). Keys:
+    `<scenario>_<figure>` for each name in FIGURES, `<scenario>_details`, `<figure>_baseline` for
+    BASELINE_FIGURES, `missing_total`, and `settings`. `only` limits the run to some scenario names
+    (and/or "baseline")."""
+    quick = quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
+    withhold = int(os.environ.get("BENCH_WITHHOLD", "0")) if withhold is None else withhold
+    wanted = set(only) or {s.name for s in SCENARIOS} | {"baseline"}
+    results: dict[str, Any] = {"settings": settings_line(quick, withhold)}
+    print(results["settings"], flush=True)
+    logins = login_backlog(QUICK_LOGIN_BACKLOG if quick else LOGIN_BACKLOG)
+    results["login_backlog_events"] = len(logins)
+    results["login_backlog_failed"] = failed_logins(logins)
+    missing = 0
+    for scenario in SCENARIOS:
+        if scenario.name not in wanted:
+            continue
+        if scenario.backlog == "logins":
+            records, expected = logins, logins
+        else:
+            records = realistic_mix(QUICK_MIX_BACKLOG if quick else MIX_BACKLOG)
+            expected = [record for record in records if delivered_by_gateway(record)]
+        print(f"-- {scenario.name}: {scenario.label}, {len(records):,} records", flush=True)
+        figures = run_scenario(bootstrap, scenario, records, expected, withhold)
+        results.update(figures)
+        missing += figures[f"{scenario.name}_missing"]
+        print(scenario_summary(scenario, figures), flush=True)
+    results["missing_total"] = missing
+    if "baseline" in wanted:
+        results.update(baseline(bootstrap, logins, QUICK_BASELINE_SECONDS if quick else BASELINE_SECONDS))
     return results
 
 
-def print_table(results: dict[str, float]) -> None:
-    print(
-        f"publish bench: {results['backlog_events']:,.0f} login events, 3 partitions, "
-        f"emulator {EMULATOR_TPS:.0f} TPS / {EMULATOR_LATENCY_MS} ms"
+def baseline(bootstrap: str, records: list[Record], seconds: float) -> dict[str, float]:
+    """The old gateway's figures on the login backlog, `<figure>_baseline` for BASELINE_FIGURES."""
+    topic = f"bench-gateway-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, {topic: PARTITIONS})
+    try:
+        produce(bootstrap, topic, records)
+        with services(bootstrap) as svc:
+            old = run_baseline(svc, topic, seconds)
+    finally:
+        delete_topics(bootstrap, [topic])
+    return {f"{name}_baseline": old[name] for name in BASELINE_FIGURES}
+
+
+def scenario_summary(scenario: Scenario, results: dict[str, Any]) -> str:
+    """A few lines: the figures, the outcome, and a loud line when events are missing."""
+    name = scenario.name
+    details = results[f"{name}_details"]
+    gaps = ", ".join(f"{feed}: {s:.1f}s" for feed, s in sorted(details["longest_gap_per_feed_s"].items()))
+    finished = ", ".join(f"{feed}: {s:.1f}s" for feed, s in sorted(details["finished_per_feed_s"].items()))
+    load = " -> ".join("/".join(f"{value:.2f}" for value in moment) for moment in details["load_average_start_end"])
+    lines = [
+        f"   {name}: {details['outcome']}; {details['records']:,} records, {details['expected']:,} expected; "
+        f"load average (1/5/15 min) {load}"
+    ]
+    for key, (unit, aims, _higher) in FIGURES.items():
+        value = results.get(f"{name}_{key}")
+        if value is None:
+            continue
+        aim = aims.get(name, "")
+        digits = 3 if key == "calls_per_event" else 0 if key in ("duplicates", "missing") else 1
+        shown = f"{value:,.{digits}f}"
+        lines.append(f"   {key:<20} {shown:>12} {unit:<14} {('aim ' + aim) if aim else ''}")
+    lines.append(
+        f"   stored {details['stored']:,} (unexpected {details['unexpected']}); requests {details['requests']:,}, "
+        f"errors {details['requests_by_error']}, failed events {details['events_failed_by_code']}; "
+        f"RSS per publisher {', '.join(f'{mb:.0f}' for mb in details['rss_per_publisher_mb'])} MB; "
+        f"longest gap per feed {gaps}; last event per feed at {finished}; "
+        f"exit codes {details['exit_codes']}; logs {details['logs']}"
     )
-    print(f"{'figure':<20} {'publisher':>12} {'old gateway':>12} {'ratio':>9}  {'unit':<11} aim")
-    for name, (unit, aim, _higher) in FIGURES.items():
-        mine, old, ratio = results[name], results[f"{name}_baseline"], results[f"{name}_ratio"]
-        digits = 3 if name == "calls_per_event" else 1 if name.endswith("_mb") else 0
-        print(f"{name:<20} {mine:>12,.{digits}f} {old:>12,.{digits}f} {ratio:>8.3g}x  {unit:<11} {aim}")
-    print(
-        f"drain {results['drain_seconds']:.1f}s after {results['start_to_first_event_s']:.1f}s to the first event; "
-        f"publisher exit code {results['publisher_exit_code']:.0f} after SIGTERM"
-    )
+    if results[f"{name}_missing"]:
+        lines.append(f"   !!! {name}: {results[f'{name}_missing']:,} EXPECTED EVENTS MISSING from CloudTrail Lake !!!")
+    else:
+        lines.append(f"   {name}: zero missing: every one of {details['expected']:,} expected events is stored")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    results = run(only=tuple(argv))
+    if "drain_events_per_s_baseline" in results:
+        print("old gateway: " + ", ".join(f"{name} {results[f'{name}_baseline']:,.3g}" for name in BASELINE_FIGURES))
+    print(json.dumps({k: v for k, v in results.items() if not k.endswith("_details")}, indent=1))
+    return 1 if results["missing_total"] else 0
 
 
 if __name__ == "__main__":
-    print_table(run())
+    sys.exit(main(sys.argv[1:]))

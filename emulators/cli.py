@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 EMULATORS = {
     "falcon": ("emulators.falcon", "Falcon Event Streams API (token, discovery, feeds, refresh)"),
-    "cloudtrail": ("emulators.cloudtrail", "CloudTrail Lake cloudtrail-data PutAuditEvents"),
+    "cloudtrail": ("emulators.cloudtrail", "CloudTrail Lake: cloudtrail-data PutAuditEvents and the query API"),
 }
 
 

@@ -5,7 +5,9 @@ Speaks the AWS rest-json protocol closely enough that an unmodified boto3
 REFERENCE.md §2 (per-event rules in `emulators.cloudtrail_validation`), and can inject
 the faults the publisher must survive: request throttling beyond a TPS quota, latency,
 per-event Throttling/InternalFailure, 5xx answers, forced whole-request errors,
-channels that disappear and accounts that are not subscribed.
+channels that disappear and accounts that are not subscribed. Every channel delivers into
+one event data store, which the same port serves through CloudTrail Lake's query API
+(`cloudtrail` service, JSON 1.1: StartQuery, GetQueryResults, ...; see emulators.lake_query).
 
 Library use (tests):
 
@@ -15,7 +17,7 @@ Library use (tests):
     emulator.stop()
 
 Command line: `falcon-lake emulate cloudtrail --help`. Run-time control over HTTP under
-`/_emulator/` (no authentication): `stats`, `channels`, `faults`, `events`, `reset`.
+`/_emulator/` (no authentication): `stats`, `channels`, `faults`, `query-faults`, `events`, `reset`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,12 +57,14 @@ from emulators.cloudtrail_validation import (
     channel_account,
     validate_event_data,
 )
+from emulators.lake_query import DEFAULT_EVENT_DATA_STORE_ARN, ApiError, EventDataStoreService, operation_of
 
 log = logging.getLogger("emulators.cloudtrail")
 
 DEFAULT_CHANNEL_ARN = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
 DEFAULT_PORT = 8091
 SIGNING_SERVICE = "cloudtrail-data"
+QUERY_SIGNING_SERVICE = "cloudtrail"  # the query API (emulators.lake_query) is the `cloudtrail` service
 DEFAULT_ACCESS_KEY = "testing"
 DEFAULT_SECRET_KEY = "testing"
 MAX_CLOCK_SKEW_S = 15 * 60  # AWS refuses a request dated more than 15 minutes from its clock
@@ -185,6 +189,8 @@ class CloudTrailEmulatorConfig:
     region: str | None = None
     # Take any well-formed SigV4 header: no key, signature, clock or region check.
     accept_any_signature: bool = False
+    # The event data store every channel delivers into, served by the query API.
+    event_data_store_arn: str = DEFAULT_EVENT_DATA_STORE_ARN
 
 
 @dataclass
@@ -337,12 +343,23 @@ class EmulatorStats:
 
 
 class AuditEventStore:
-    """The `audit_events` table: one connection, one writer lock, one transaction per request."""
+    """The `audit_events` table: one connection, one writer lock, one transaction per request.
+
+    Columns: event_id (the eventID CloudTrail assigned), id (the caller's), channel_arn,
+    event_data (the eventData JSON text), received_at (UTC ISO 8601), and since schema
+    version 1 what CloudTrail adds after ingestion: event_time (the event's own time,
+    eventData.eventTime, as `YYYY-MM-DD HH:MM:SS.mmm`)
+    and envelope (JSON: eventVersion, eventCategory, eventType, awsRegion,
+    recipientAccountId, metadata.ingestionTime/channelARN). Older files are migrated
+    in place on open; readers of the first five columns are unaffected.
+    """
 
     SCHEMA = (
         "CREATE TABLE IF NOT EXISTS audit_events("
-        "event_id TEXT PRIMARY KEY, id TEXT, channel_arn TEXT, event_data TEXT, received_at TEXT)"
+        "event_id TEXT PRIMARY KEY, id TEXT, channel_arn TEXT, event_data TEXT, received_at TEXT, "
+        "event_time TEXT, envelope TEXT)"
     )
+    VERSION = 1
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -353,18 +370,51 @@ class AuditEventStore:
             # In WAL, NORMAL loses at most the last commits on power loss, never integrity.
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(self.SCHEMA)
+        # No index on event_time: it would double the cost of every insert, and the query API's
+        # scans of an emulator-sized table are fast without one.
+        self._migrate()
 
-    def insert(self, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
-        """Store (event_id, id, channel_arn, event_data, received_at) rows atomically."""
+    def _migrate(self) -> None:
+        """Bring a file written by an older emulator to VERSION: add and fill event_time and envelope."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(audit_events)")}
+        if "event_time" not in columns:
+            self._db.execute("ALTER TABLE audit_events ADD COLUMN event_time TEXT")
+        if "envelope" not in columns:
+            self._db.execute("ALTER TABLE audit_events ADD COLUMN envelope TEXT")
+        rows = self._db.execute(
+            "SELECT rowid, channel_arn, received_at FROM audit_events WHERE envelope IS NULL"
+        ).fetchall()
+        if rows:
+            self._db.execute("BEGIN")
+            for rowid, channel_arn, received_at in rows:
+                self._db.execute(
+                    f"UPDATE audit_events SET event_time = {_event_time_sql('event_data')}, envelope = ? "
+                    "WHERE rowid = ?",
+                    (ingestion_envelope(channel_arn, received_at), rowid),
+                )
+            self._db.execute("COMMIT")
+        self._db.execute(f"PRAGMA user_version = {self.VERSION}")
+
+    def insert(self, rows: Sequence[tuple[str, str, str, str, str, str]]) -> None:
+        """Store (event_id, id, channel_arn, event_data, received_at, envelope) rows atomically;
+        event_time is taken from each event's eventData.eventTime."""
         if not rows:
             return
         # One multi-row INSERT is one implicit transaction and one sqlite3_step: the GIL
         # is released once per request, not once per row as executemany does, which
         # matters with many handler threads.
-        sql = "INSERT INTO audit_events VALUES " + ",".join(["(?,?,?,?,?)"] * len(rows))
-        params = [value for row in rows for value in row]
+        sql = (
+            "INSERT INTO audit_events(event_id, id, channel_arn, event_data, received_at, event_time, envelope) "
+            "VALUES " + ",".join([f"(?,?,?,?,?,{_event_time_sql('?')},?)"] * len(rows))
+        )
+        params = [value for row in rows for value in (*row[:5], row[3], row[5])]
         with self._lock:
             self._db.execute(sql, params)
+
+    def read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read-only statement (the query API's translated SQL)."""
+        with self._lock:
+            return self._db.execute(sql, list(params)).fetchall()
 
     def events(self, channel_arn: str | None = None, limit: int | None = None) -> list[StoredEvent]:
         """Stored events in arrival order, optionally of one channel and at most `limit`."""
@@ -398,6 +448,32 @@ class AuditEventStore:
             self._db.close()
 
 
+def _event_time_sql(operand: str) -> str:
+    """SQL for the stored event_time of an eventData JSON text (`operand`: a column or `?`)."""
+    return f"strftime('%Y-%m-%d %H:%M:%f', json_extract({operand}, '$.eventTime'))"
+
+
+def ingestion_envelope(channel_arn: str, received_at: str) -> str:
+    """The JSON of what CloudTrail adds around eventData after ingestion (eventID and
+    eventTime live in their own columns)."""
+    parts = channel_arn.split(":")
+    region, account = (parts[3], parts[4]) if len(parts) > 5 else ("", "")
+    return json.dumps(
+        {
+            "eventVersion": "1.0",
+            "eventCategory": "ActivityAuditLog",
+            "eventType": "ActivityLog",
+            "awsRegion": region,
+            "recipientAccountId": account,
+            "metadata": {
+                "ingestionTime": received_at.replace("T", " ").removesuffix("Z"),
+                "channelARN": channel_arn,
+            },
+        },
+        separators=(",", ":"),
+    )
+
+
 class CloudTrailEmulator:
     """The PutAuditEvents service: HTTP server, channels, faults, stats and storage.
 
@@ -423,6 +499,7 @@ class CloudTrailEmulator:
         )
         self._stats = EmulatorStats()
         self.store = AuditEventStore(self.config.db_path)
+        self.lake = EventDataStoreService(self.config.event_data_store_arn, self.store.read)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -676,6 +753,28 @@ class CloudTrailEmulator:
                     "Check your AWS Secret Access Key and signing method.",
                 )
 
+    def cloudtrail_api(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> Response:
+        """Answer one request of the `cloudtrail` query API (JSON 1.1, X-Amz-Target), authenticated
+        as PutAuditEvents is but scoped to the `cloudtrail` signing name."""
+        operation = operation_of(headers.get("x-amz-target")) or "?"
+        try:
+            self._authenticate(method, target, headers, body, service=QUERY_SIGNING_SERVICE)
+            try:
+                payload = json.loads(body or b"{}")
+            except ValueError as exc:
+                raise RequestError("SerializationException", f"The request body is not valid JSON: {exc}") from exc
+            if not isinstance(payload, dict):
+                raise RequestError("SerializationException", "The request body must be a JSON object")
+            result = self.lake.handle(operation, payload)
+        except RequestError as exc:
+            status, code, message = REQUEST_ERROR_STATUS[exc.error_type], exc.error_type, exc.message
+        except ApiError as exc:
+            status, code, message = exc.status, exc.code, exc.message
+        else:
+            return Response(200, json.dumps(result, separators=(",", ":")).encode())
+        log.info("%s -> %s: %s", operation, code, message)
+        return Response(status, json.dumps({"__type": code, "message": message}).encode(), code)
+
     def _check_channel(self, channel_arn: str, external_id: str | None) -> ChannelState:
         if not CHANNEL_ARN_PATTERN.fullmatch(channel_arn):
             raise RequestError("InvalidChannelARN", f"The channel ARN {channel_arn!r} is not valid.")
@@ -697,8 +796,9 @@ class CloudTrailEmulator:
         account = channel_account(channel.arn)
         successful: list[dict[str, str]] = []
         failed: list[dict[str, str]] = []
-        rows: list[tuple[str, str, str, str, str]] = []
+        rows: list[tuple[str, str, str, str, str, str]] = []
         received_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        envelope = ingestion_envelope(channel.arn, received_at)
         rng = self._rng
         allow_unknown = self.config.allow_unknown_fields
         new_ids = self._event_ids.take(len(events))
@@ -717,7 +817,7 @@ class CloudTrailEmulator:
             elif faults.internal_failure_rate and rng.random() < faults.internal_failure_rate:
                 failed.append(_failure(event_id, EventErrorCode.INTERNAL_FAILURE, "Injected internal failure"))
             else:
-                rows.append((new_id, event_id, channel.arn, event_data, received_at))
+                rows.append((new_id, event_id, channel.arn, event_data, received_at, envelope))
                 successful.append({"id": event_id, "eventID": new_id})
         try:
             self.store.insert(rows)
@@ -751,6 +851,10 @@ class CloudTrailEmulator:
                 return 200, self._control_channel(payload)
             if name == "events" and method == "GET":
                 return 200, self._control_events(dict(parse_qsl(parts.query)))
+            if name == "query-faults" and method == "GET":
+                return 200, asdict(self.lake.faults())
+            if name == "query-faults" and method == "POST":
+                return 200, asdict(self.lake.set_faults(**payload))
             if name == "reset" and method == "POST":
                 self.reset()
                 return 200, {"status": "reset"}
@@ -1028,14 +1132,20 @@ class _Handler(BaseHTTPRequestHandler):
             status, answer = emulator.control(self.command, self.path, body or b"")
             self._send(status, json.dumps(answer).encode())
             return
-        if path.rstrip("/") == "/PutAuditEvents" and self.command == "POST":
+        if path == "/" and self.command == "POST" and operation_of(self.headers.get("X-Amz-Target")):
+            headers = {key.lower(): value for key, value in self.headers.items()}
+            response = emulator.cloudtrail_api(self.command, self.path, headers, body)
+        elif path.rstrip("/") == "/PutAuditEvents" and self.command == "POST":
             headers = {key.lower(): value for key, value in self.headers.items()}
             response = emulator.put_audit_events(self.command, self.path, headers, body, length)
             delay = emulator.latency_seconds()
             if delay > 0:
                 time.sleep(delay)
         else:
-            message = f"No operation at {self.command} {path}; this emulator serves POST /PutAuditEvents"
+            message = (
+                f"No operation at {self.command} {path}; this emulator serves POST /PutAuditEvents "
+                "and the CloudTrail Lake query API (POST / with X-Amz-Target)"
+            )
             response = Response(
                 404,
                 json.dumps({"__type": "UnknownOperationException", "message": message}).encode(),
@@ -1084,9 +1194,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="falcon-lake emulate cloudtrail",
         description=(
             "Run the CloudTrail Lake cloudtrail-data emulator (PutAuditEvents, AWS rest-json, SigV4 "
-            "required) in the foreground. Point boto3 at it with endpoint_url or "
-            "AWS_ENDPOINT_URL_CLOUDTRAIL_DATA. Run-time control (no auth): GET /_emulator/stats, "
-            "GET|POST /_emulator/faults, GET|POST /_emulator/channels, GET /_emulator/events, "
+            "required) and the CloudTrail Lake query API of one event data store (StartQuery, "
+            "GetQueryResults, ...) in the foreground. Point boto3 at it with endpoint_url or "
+            "AWS_ENDPOINT_URL_CLOUDTRAIL_DATA and AWS_ENDPOINT_URL_CLOUDTRAIL. "
+            "Run-time control (no auth): GET /_emulator/stats, "
+            "GET|POST /_emulator/faults, GET|POST /_emulator/query-faults, GET|POST /_emulator/channels, "
+            "GET /_emulator/events, "
             "POST /_emulator/reset. Stops cleanly on SIGTERM/SIGINT."
         ),
     )
@@ -1174,6 +1287,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="take any well-formed SigV4 request: no access key, signature, clock (15 min) or region check",
     )
+    parser.add_argument(
+        "--event-data-store",
+        default=DEFAULT_EVENT_DATA_STORE_ARN,
+        metavar="ARN",
+        help="ARN of the event data store the channels deliver into, served by the query API "
+        "(StartQuery, GetQueryResults, ...) (default %(default)s)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser
 
@@ -1213,6 +1333,7 @@ def config_from_args(args: argparse.Namespace) -> CloudTrailEmulatorConfig:
         allow_unknown_fields=args.allow_unknown_fields,
         access_key=args.access_key,
         secret_key=args.secret_key,
+        event_data_store_arn=args.event_data_store,
         region=args.region,
         accept_any_signature=args.accept_any_signature,
     )

@@ -26,11 +26,13 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "publish": Subcommand("publisher.main", "deliver user activity from Kafka to CloudTrail Lake"),
     "convert": Subcommand("publisher.convert_cli", "convert Falcon events (NDJSON) to CloudTrail audit events"),
     "emulate": Subcommand("emulators.cli", "run a local Falcon or CloudTrail Lake emulator"),
-    "lake": Subcommand("emulators.lake_cli", "query the CloudTrail Lake emulator's database"),
-    "replay": Subcommand("falcon_lake.replay", "reset the publisher group's offsets to re-deliver events"),
-    "status": Subcommand("falcon_lake.status", "show lag, committed offsets, SSM offsets and DLQ depth"),
-    "dlq": Subcommand("falcon_lake.dlq", "list or redrive dead-lettered events"),
-    "audit": Subcommand("falcon_lake.audit", "report the fate of every Falcon offset"),
+    "lake": Subcommand(
+        "falcon_lake.ops.lake_cli", "run CloudTrail Lake SQL on an event data store (or the emulator's database)"
+    ),
+    "replay": Subcommand("falcon_lake.ops.replay", "reset the publisher group's offsets to re-deliver events"),
+    "status": Subcommand("falcon_lake.ops.status", "show lag, committed offsets, SSM offsets and DLQ depth"),
+    "dlq": Subcommand("falcon_lake.ops.dlq", "list or redrive dead-lettered events"),
+    "audit": Subcommand("falcon_lake.ops.audit", "report the fate of every Falcon offset"),
 }
 
 

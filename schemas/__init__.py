@@ -5,7 +5,7 @@ Files:
 - `falcon_metadata.avsc`: the `metadata` object every Falcon event carries;
 - `falcon_audit_key_value.avsc`: one `AuditKeyValues` entry, shared by the event schemas;
 - `falcon_event_<EventType>.avsc`: the `event` object of one accepted event type; adding a
-  type means adding such a file (and a mapping entry in `publisher.convert.MAPPINGS`);
+  type means adding such a file (and a mapping entry in `publisher.mapping.MAPPINGS`);
 - `cloudtrail_open_audit_event.avsc`: the CloudTrail `eventData`, with every field limit as a
   custom attribute (`maxLength`, `minLength`, `maxBytes`, `pattern`, `format`, `jsonObject`)
   that `cloudtrail_fields` turns into `FieldRule`s, so the limits live only there.

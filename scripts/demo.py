@@ -3,7 +3,9 @@
 Starts (or reuses) the local Apache Kafka broker, a moto server (SSM), the Falcon and
 CloudTrail Lake emulators with a small share of faults switched on, then the ingestor and
 the publisher as separate processes. Shows live progress, a summary with CloudTrail Lake
-queries over what landed, and the audit of every served event. Stops what it started.
+queries over what landed (CloudTrail Lake SQL through the query API, the statements an
+operator would paste into the console), and `falcon-lake audit --event-data-store` over
+every served event. Stops what it started.
 Exit 0 only when every event was delivered, dead-lettered with a reason or filtered by a
 named rule.
 
@@ -37,17 +39,12 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from falcon_lake.audit import (  # noqa: E402
-    audit,
-    format_report,
-    lake_id_counts_from_db,
-    read_dead_letters,
-    read_record_file,
-)
-from falcon_lake.kafka_config import client_config  # noqa: E402
-from falcon_lake.settings import KafkaSettings  # noqa: E402
+from falcon_lake.ops.audit import read_record_file  # noqa: E402
+from falcon_lake.ops.lake_client import LakeQueryError, format_bytes, run_query  # noqa: E402
 
 CHANNEL = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
+EVENT_DATA_STORE = "arn:aws:cloudtrail:us-east-1:123456789012:eventdatastore/0f1a2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+STORE_ID = EVENT_DATA_STORE.rsplit("/", 1)[1]
 console = Console(stderr=False)
 
 
@@ -145,27 +142,34 @@ def progress_table(
     return table
 
 
-def lake_queries(db_path: str) -> list[tuple[str, list[str], list[tuple[Any, ...]]]]:
-    queries = [
-        (
-            "Events per operation",
-            "SELECT json_extract(event_data,'$.eventName') AS operation, COUNT(*) AS events "
-            "FROM audit_events GROUP BY operation ORDER BY events DESC LIMIT 12",
-        ),
-        (
-            "Failed logins by user",
-            "SELECT json_extract(event_data,'$.userIdentity.principalId') AS user, "
-            "json_extract(event_data,'$.errorCode') AS error, COUNT(*) AS failures FROM audit_events "
-            "WHERE json_extract(event_data,'$.errorCode') = 'AuthenticationFailed' "
-            "GROUP BY user, error ORDER BY failures DESC LIMIT 8",
-        ),
-    ]
-    results = []
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        for title, sql in queries:
-            cursor = db.execute(sql)
-            results.append((title, [d[0] for d in cursor.description], cursor.fetchall()))
-    return results
+# CloudTrail Lake SQL, as an operator pastes it into the console (FROM the event data store's id).
+LAKE_QUERIES = [
+    (
+        "Events per operation",
+        f"SELECT eventData.eventName AS operation, COUNT(*) AS events FROM {STORE_ID} "
+        "GROUP BY eventData.eventName ORDER BY events DESC LIMIT 12",
+    ),
+    (
+        "Failed logins by user",
+        "SELECT eventData.userIdentity.principalId AS principal, eventData.errorCode AS error, COUNT(*) AS failures "
+        f"FROM {STORE_ID} WHERE eventData.errorCode = 'AuthenticationFailed' "
+        "GROUP BY eventData.userIdentity.principalId, eventData.errorCode ORDER BY failures DESC LIMIT 8",
+    ),
+]
+SAMPLE_QUERY = f"SELECT eventData FROM {STORE_ID} WHERE eventData.errorCode = 'AuthenticationFailed' LIMIT 1"
+
+
+def cloudtrail_client(url: str) -> Any:
+    """The query API's client, pointed at the emulator (as AWS_ENDPOINT_URL_CLOUDTRAIL would)."""
+    import boto3
+
+    return boto3.session.Session().client(
+        "cloudtrail",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",  # the documented local test pair the emulator verifies
+        aws_secret_access_key="testing",
+    )
 
 
 def latencies_ms(db_path: str) -> list[float]:
@@ -283,6 +287,8 @@ def run(total: int, feeds: int, rate: int, quiet: bool, stack: ExitStack, work: 
             "0.01",
             "--seed",
             "7",
+            "--event-data-store",
+            EVENT_DATA_STORE,
         ],
         env,
         work,
@@ -416,43 +422,44 @@ def run(total: int, feeds: int, rate: int, quiet: bool, stack: ExitStack, work: 
     ):
         summary.add_row(name, value)
     console.print(summary)
-    for title, columns, rows in lake_queries(db_path):
-        console.print(f"[bold]CloudTrail Lake: {title}[/]")
-        table = Table()
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*[str(v) for v in row])
-        console.print(table)
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        sample = db.execute(
-            "SELECT event_data FROM audit_events "
-            "WHERE json_extract(event_data,'$.errorCode') = 'AuthenticationFailed' LIMIT 1"
-        ).fetchone()
-    if sample:
-        event = json.loads(sample[0])
+    client = cloudtrail_client(cloudtrail_url)
+    try:
+        for title, sql in LAKE_QUERIES:
+            result = run_query(client, sql, STORE_ID)
+            console.print(f"[bold]CloudTrail Lake: {title}[/] ({format_bytes(result.bytes_scanned)} scanned)")
+            console.print(f"  {sql}", style="dim", soft_wrap=True)
+            table = Table()
+            for column in result.columns:
+                table.add_column(column)
+            for row in result.rows:
+                table.add_row(*[str(v) for v in row])
+            console.print(table)
+        sample = run_query(client, SAMPLE_QUERY, STORE_ID).rows
+    except LakeQueryError as exc:
+        raise RuntimeError(f"CloudTrail Lake query: {exc}") from None
+    if sample and sample[0][0]:
+        event = json.loads(sample[0][0])
         event.get("additionalEventData", {}).pop("raw", None)
         console.print("[bold]A failed login as CloudTrail Lake stores it[/] (additionalEventData.raw omitted):")
+        console.print(f"  {SAMPLE_QUERY}", style="dim", soft_wrap=True)
         console.print_json(json.dumps(event))
 
-    from publisher.convert import Converter
-    from publisher.filter import EventFilter
-
-    expected, malformed = read_record_file(str(record))
-    conf = client_config(KafkaSettings(bootstrap_servers=bootstrap))
-    letters, ingest_letters = read_dead_letters(conf, common["KAFKA_DLQ_TOPIC"])
-    report = audit(
-        expected,
-        lake_id_counts_from_db(db_path),
-        letters,
-        Converter(CHANNEL, EventFilter.from_preset("all-user-activity")),
-        malformed,
-        ingest_letters,
-    )
-    console.print("[bold]Audit of every served event[/] (falcon-lake audit):")
-    console.print(format_report(report))
+    # The audit, as an operator runs it against a real event data store.
+    expected, _ = read_record_file(str(record))
+    command = ["audit", "--record", str(record), "--event-data-store", EVENT_DATA_STORE]
+    console.print(f"[bold]Audit of every served event[/] (falcon-lake {' '.join(command)}):")
+    audit_env = {
+        **common,
+        "AWS_ENDPOINT_URL_CLOUDTRAIL": cloudtrail_url,
+        "CLOUDTRAIL_LAKE_CHANNEL_ARN": CHANNEL,
+        "FILTER_PRESET": "all-user-activity",
+    }
+    audited = subprocess.run([*cli, *command], env=audit_env, capture_output=True, text=True, timeout=300)
+    console.print(audited.stdout.rstrip(), markup=False, highlight=False)
+    if audited.stderr.strip():
+        console.print(audited.stderr.rstrip(), markup=False, highlight=False)
     console.print(f"logs and the lake database are in {work}")
-    if report.ok and len(expected) == expected_total:
+    if audited.returncode == 0 and len(expected) == expected_total:
         console.print(f"[bold green]DEMO OK[/]: all {expected_total:,} events accounted for, nothing lost.")
         return 0
     console.print(f"[bold red]DEMO FAILED[/]: see {work}")

@@ -3,13 +3,18 @@
 Both come up once per session, on ports of their own so a developer's `make kafka-up`
 broker is never touched, and are stopped when the session ends. Where
 KAFKA_BOOTSTRAP_SERVERS (or MOTO_ENDPOINT) is set, the running service is used instead
-and left alone.
+and left alone. Under pytest-xdist (`-n N`) the controlling process starts them once, before
+its workers, and hands them their addresses through those two variables, so every worker
+shares one broker and one moto server; per-test topic, group and parameter names keep the
+workers apart.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +24,7 @@ import pytest
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+_SHARED_SERVICES = pytest.StashKey[list[Callable[[], None]]]()
 
 # boto3 must never reach real AWS from a test: dummy keys, a fixed region.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -26,6 +32,39 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
     os.environ.pop(_var, None)
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that hands tests to xdist workers (not in a worker, not without -n)."""
+    numprocesses = getattr(config.option, "numprocesses", None)
+    return bool(numprocesses) and not hasattr(config, "workerinput") and getattr(config.option, "dist", "no") != "no"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_xdist_controller(config):
+        return
+    started: list[Callable[[], None]] = []
+    config.stash[_SHARED_SERVICES] = started
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        data_dir = Path(tempfile.mkdtemp(prefix="falcon-lake-kafka-"))
+        broker = LocalKafka(data_dir)
+        broker.start()
+        started.append(broker.stop)
+        started.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap  # the workers inherit it
+    if not os.environ.get("MOTO_ENDPOINT"):
+        from moto.server import ThreadedMotoServer
+
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        started.append(server.stop)
+        os.environ["MOTO_ENDPOINT"] = f"http://127.0.0.1:{port}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for stop in config.stash.get(_SHARED_SERVICES, []):
+        stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

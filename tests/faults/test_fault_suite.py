@@ -30,7 +30,7 @@ import pytest
 import requests
 from confluent_kafka import Consumer, TopicPartition
 
-from falcon_lake.audit import audit, format_report, lake_id_counts_from_db, read_dead_letters, read_record_file
+from falcon_lake.ops.audit import audit, format_report, lake_id_counts_from_db, read_dead_letters, read_record_file
 from publisher.convert import Converter
 from publisher.filter import EventFilter
 from tests.conftest import LocalKafka

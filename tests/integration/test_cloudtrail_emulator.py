@@ -721,7 +721,8 @@ def test_cli_serves_until_sigterm_and_lake_query_reads_the_db(tmp_path: Path) ->
     assert lines[-1] == "(3 rows)"
     with sqlite3.connect(db) as connection:
         columns = [row[1] for row in connection.execute("PRAGMA table_info(audit_events)")]
-        assert columns == ["event_id", "id", "channel_arn", "event_data", "received_at"]
+        # The first five columns are the original schema; the query API's came after (schema version 1).
+        assert columns == ["event_id", "id", "channel_arn", "event_data", "received_at", "event_time", "envelope"]
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

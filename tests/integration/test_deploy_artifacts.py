@@ -783,3 +783,39 @@ def test_prometheus_alerts_use_only_exported_metrics() -> None:
         "falcon_lake_ingest_reconnects_total",  # reconnect storm
     ):
         assert wanted in queried, f"no alert watches {wanted}"
+
+
+@pytest.mark.parametrize(
+    ("template_name", "policy", "condition"),
+    [
+        ("falcon-lake.yaml", "AuditPolicy", "HasAuditEventDataStore"),
+        ("iam-policy.yaml", "FalconLakeAuditPolicy", "HasEventDataStore"),
+    ],
+)
+def test_the_optional_audit_policy_only_reads_and_the_writers_cannot_query(
+    template_name: str, policy: str, condition: str
+) -> None:
+    template = cfn_template(template_name)
+    resource = template["Resources"][policy]
+    assert resource["Condition"] == condition, "created only when an event data store is given"
+    statements = _statements(resource["Properties"])
+    actions = {action for statement in statements for action in _actions(statement)}
+    query = {"cloudtrail:GetEventDataStore", "cloudtrail:StartQuery", "cloudtrail:DescribeQuery"}
+    assert query | {"cloudtrail:GetQueryResults"} <= actions
+    for statement in statements:
+        if any(action.startswith("cloudtrail:") for action in _actions(statement)):
+            assert statement["Resource"] == {
+                "Ref": "AuditEventDataStoreArn" if condition.startswith("HasAudit") else "EventDataStoreArn"
+            }
+    writes = {
+        "cloudtrail-data:PutAuditEvents",
+        "ssm:PutParameter",
+        "kafka-cluster:WriteData",
+        "kafka-cluster:AlterGroup",
+    }
+    assert not actions & writes, "the audit writes nothing"
+    assert all(not a.endswith("*") for a in actions)
+    for writer in ("PublisherPolicy", "IngestorPolicy", "FalconLakePolicy"):
+        if writer in template["Resources"]:
+            granted = {a for s in _statements(template["Resources"][writer]["Properties"]) for a in _actions(s)}
+            assert not any(a.startswith("cloudtrail:") for a in granted), f"{writer} stays write-only"

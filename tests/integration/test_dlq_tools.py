@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from falcon_lake import dlq
 from falcon_lake.dead_letter import dlq_headers
-from falcon_lake.ops_cli import Watermarks
+from falcon_lake.ops import dlq
+from falcon_lake.ops.command import Watermarks
 from falcon_lake.partitioner import partition_for
 from tests.support import create_topic, wait_for
 

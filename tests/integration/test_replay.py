@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from falcon_lake import replay
+from falcon_lake.ops import replay
 from tests.support import create_topic, wait_for
 
 RECORDS_PER_PARTITION = 10

@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from falcon_lake import status
 from falcon_lake.dead_letter import dlq_headers
+from falcon_lake.ops import status
 from falcon_lake.partitioner import partition_for
 from tests.processes import FALCON_LAKE, ROOT
 from tests.support import create_topic, free_port, wait_for

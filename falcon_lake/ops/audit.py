@@ -2,8 +2,10 @@
 
 The expected events come from the Falcon emulator's record file, from explicit offset
 ranges (with the events read from the raw topic), or from the raw topic alone (a real
-deployment). What landed comes from the CloudTrail emulator's SQLite database or from a
-file of UIDs exported from a CloudTrail Lake query. Dead letters come from the DLQ topic.
+deployment). What landed comes from the event data store itself through CloudTrail Lake's
+query API (`--event-data-store`, the emulator's or a real one), from the CloudTrail
+emulator's SQLite database, or from a file of UIDs exported from a CloudTrail Lake query.
+Dead letters come from the DLQ topic.
 Each expected event is converted again with the publisher's own filter and converter, so a
 filtered event is reported with the rule that dropped it.
 """
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -26,6 +30,18 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from falcon_lake import dead_letter
 from falcon_lake.headers import FEED, OFFSET, header_int, header_text
 from falcon_lake.kafka_config import client_config
+from falcon_lake.ops.command import parse_time
+from falcon_lake.ops.lake_client import (
+    EventDataStore,
+    LakeQueryError,
+    LakeQueryResult,
+    cloudtrail_client,
+    describe_event_data_store,
+    format_bytes,
+    lake_time,
+    region_of,
+    run_query,
+)
 from falcon_lake.settings import SettingsError, load_filter, load_kafka
 
 DEFAULT_CHANNEL = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
@@ -161,6 +177,61 @@ def lake_id_counts_from_file(path: str) -> Counter[str]:
     return counts
 
 
+def event_time_range(expected: Sequence[ExpectedEvent]) -> tuple[datetime, datetime] | None:
+    """The span of the expected events' own times (metadata.eventCreationTime, which the
+    converter makes eventData.eventTime), to the second: [first, last + 1 s). None without any."""
+    stamps = []
+    for event in expected:
+        try:
+            stamps.append(int(json.loads(event.raw)["metadata"]["eventCreationTime"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    if not stamps:
+        return None
+    first = datetime.fromtimestamp(min(stamps) // 1000, UTC)
+    last = datetime.fromtimestamp(max(stamps) // 1000, UTC)
+    return first, last + timedelta(seconds=1)
+
+
+def uid_query(store_id: str, start: datetime, end: datetime) -> str:
+    """The CloudTrail Lake SQL listing the UIDs of one time range, as an operator would type it."""
+    return (
+        f"SELECT eventData.uid FROM {store_id} "
+        f"WHERE eventTime >= '{lake_time(start)}' AND eventTime < '{lake_time(end)}'"
+    )
+
+
+def lake_id_counts_from_event_data_store(
+    client: Any, store: str, start: datetime, end: datetime, progress: Any = None, progress_every: float = 10.0
+) -> tuple[Counter[str], LakeQueryResult, EventDataStore]:
+    """UID -> stored copies in [start, end) of the event data store (ARN or id), the query's
+    figures and the store; LakeQueryError when the query gives no answer."""
+    described = describe_event_data_store(client, store)
+    result = run_query(
+        client, uid_query(described.id, start, end), described.id, progress=progress, progress_every=progress_every
+    )
+    counts: Counter[str] = Counter(row[0] for row in result.rows if row and row[0])
+    return counts, result, described
+
+
+_MARGIN = re.compile(r"(\d+)([smhd])")
+
+
+def _parse_margin(text: str) -> timedelta:
+    match = _MARGIN.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"--margin {text!r}: use a number and s, m, h or d, e.g. 1h")
+    seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    return timedelta(seconds=seconds)
+
+
+def _parse_time_option(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def audit(
     expected: Sequence[ExpectedEvent],
     lake_ids: Counter[str],
@@ -250,8 +321,48 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
         help="with --from-topic: also require every offset in this range (repeatable)",
     )
     lake = parser.add_mutually_exclusive_group(required=True)
+    lake.add_argument(
+        "--event-data-store",
+        metavar="ARN_OR_ID",
+        help="the CloudTrail Lake event data store to check, through the query API (StartQuery, "
+        "GetQueryResults); AWS_ENDPOINT_URL_CLOUDTRAIL points it at the emulator",
+    )
     lake.add_argument("--lake-db", metavar="PATH", help="the CloudTrail emulator's SQLite database")
     lake.add_argument("--lake-uids", metavar="PATH", help="UIDs exported from a CloudTrail Lake query, one per line")
+    parser.add_argument(
+        "--start",
+        type=_parse_time_option,
+        metavar="TIME",
+        help="with --event-data-store: first eventTime to read (ISO 8601; default: the earliest audited "
+        "event's time minus --margin). eventTime is the event's own time (Falcon's eventCreationTime), "
+        "not the ingestion time",
+    )
+    parser.add_argument(
+        "--end",
+        type=_parse_time_option,
+        metavar="TIME",
+        help="with --event-data-store: eventTime to stop before (default: the latest audited event's time "
+        "plus --margin)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=_parse_margin,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="widen the default time range by this much on each side, e.g. 30m, 1h, 2d (default 1h)",
+    )
+    parser.add_argument(
+        "--region",
+        default=None,
+        help="with --event-data-store: its region (default: the ARN's, else CLOUDTRAIL_LAKE_REGION, else the SDK's)",
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --event-data-store: print a progress line this often while the query runs (default 10)",
+    )
     parser.add_argument("--channel-arn", default=None, help="channel ARN (default: CLOUDTRAIL_LAKE_CHANNEL_ARN)")
     parser.add_argument("--bootstrap-servers", default=None, help="Kafka (default: KAFKA_BOOTSTRAP_SERVERS)")
     parser.add_argument("--topic", default=None, help="raw topic (default: KAFKA_TOPIC)")
@@ -296,13 +407,61 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
                     if (feed, offset) not in present:
                         expected.append(ExpectedEvent(feed, offset, b""))
         letters, ingest_letters = read_dead_letters(conf, kafka.dlq_topic)
-        lake_ids = lake_id_counts_from_db(args.lake_db) if args.lake_db else lake_id_counts_from_file(args.lake_uids)
+        query: dict[str, Any] | None = None
+        if args.event_data_store:
+            lake_ids, query = _read_event_data_store(args, environment, expected)
+        elif args.lake_db:
+            lake_ids = lake_id_counts_from_db(args.lake_db)
+        else:
+            lake_ids = lake_id_counts_from_file(args.lake_uids)
     except (OSError, ValueError, RuntimeError, sqlite3.Error) as exc:
         print(f"falcon-lake audit: {exc}", file=sys.stderr)
         return 2
     report = audit(expected, lake_ids, letters, converter, malformed, ingest_letters)
     if args.json:
-        print(json.dumps({**report.as_dict(), "seconds": round(time.monotonic() - started, 2)}, indent=2))
+        extra = {"lake_query": query} if query else {}
+        print(json.dumps({**report.as_dict(), **extra, "seconds": round(time.monotonic() - started, 2)}, indent=2))
     else:
+        if query:
+            print(
+                f"CloudTrail Lake query {query['query_id']} on {query['event_data_store']}: eventTime in "
+                f"[{query['start']}, {query['end']}), {query['rows']} rows, "
+                f"{format_bytes(query['bytes_scanned'])} scanned, {query['seconds']} s"
+            )
         print(format_report(report))
     return 0 if report.ok else 1
+
+
+def _read_event_data_store(
+    args: argparse.Namespace, environment: Mapping[str, str], expected: Sequence[ExpectedEvent]
+) -> tuple[Counter[str], dict[str, Any]]:
+    """UID counts from the event data store over the requested or default time range, and the query's figures."""
+    span = event_time_range(expected)
+    if span is None and (args.start is None or args.end is None):
+        raise ValueError("no audited event carries a time: give the range with --start and --end")
+    start = args.start or (span[0] - args.margin if span else None)
+    end = args.end or (span[1] + args.margin if span else None)
+    assert start is not None and end is not None
+    if start >= end:
+        raise ValueError(f"--start {start.isoformat()} is not before --end {end.isoformat()}")
+    region = args.region or region_of(args.event_data_store) or environment.get("CLOUDTRAIL_LAKE_REGION") or None
+    client = cloudtrail_client(region)
+
+    def progress(line: str) -> None:
+        print(f"falcon-lake audit: {line}", file=sys.stderr, flush=True)
+
+    try:
+        counts, result, store = lake_id_counts_from_event_data_store(
+            client, args.event_data_store, start, end, progress, args.progress_every
+        )
+    except LakeQueryError as exc:
+        raise RuntimeError(str(exc)) from None
+    return counts, {
+        "query_id": result.query_id,
+        "event_data_store": store.arn,
+        "start": lake_time(start),
+        "end": lake_time(end),
+        "rows": len(result.rows),
+        "bytes_scanned": result.bytes_scanned,
+        "seconds": round(result.seconds, 2),
+    }

@@ -17,8 +17,8 @@ from datetime import datetime
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
-from falcon_lake import ops_cli
-from falcon_lake.ops_cli import KafkaOps, OpsError, UsageError, Watermarks
+from falcon_lake.ops import command as ops_cli
+from falcon_lake.ops.command import KafkaOps, OpsError, UsageError, Watermarks
 
 PROG = "falcon-lake replay"
 

@@ -18,12 +18,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from confluent_kafka import KafkaError, TopicPartition
 
-from falcon_lake import ops_cli
 from falcon_lake.aws import aws_client
-from falcon_lake.dlq import RedriveMark, redrive_group
 from falcon_lake.headers import CREATED_MS, header_int
 from falcon_lake.offset_store import OffsetStoreError, SsmOffsetStore
-from falcon_lake.ops_cli import KafkaOps
+from falcon_lake.ops import command as ops_cli
+from falcon_lake.ops.command import KafkaOps
+from falcon_lake.ops.dlq import RedriveMark, redrive_group
 from falcon_lake.partitioner import partition_for
 from falcon_lake.settings import SettingsError, SsmSettings, load_ssm
 

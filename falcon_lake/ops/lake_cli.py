@@ -1,6 +1,13 @@
-"""`falcon-lake lake query "SQL"`: query the CloudTrail Lake emulator's SQLite database.
+"""`falcon-lake lake query "SQL"`: query CloudTrail Lake, or the emulator's SQLite database.
 
-The emulator (`falcon-lake emulate cloudtrail --db PATH`) stores every accepted event
+With `--event-data-store ARN_OR_ID` the statement is CloudTrail Lake SQL, run through the
+query API (StartQuery, DescribeQuery, GetQueryResults) on a real event data store or on the
+emulator's (AWS_ENDPOINT_URL_CLOUDTRAIL), exactly as it would run in the console:
+
+    falcon-lake lake query --event-data-store EDS_ID \
+        "SELECT eventData.eventName, COUNT(*) AS events FROM EDS_ID GROUP BY eventData.eventName"
+
+Without it, the emulator (`falcon-lake emulate cloudtrail --db PATH`) stores every accepted event
 in `audit_events(event_id, id, channel_arn, event_data, received_at)`; event_data is
 the eventData JSON text, so SQLite's JSON functions reach inside it:
 
@@ -20,22 +27,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from falcon_lake.ops import lake_client
+
 DEFAULT_DB = "cloudtrail-lake.db"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="falcon-lake lake",
-        description="Inspect the events the CloudTrail Lake emulator stored.",
+        description="Query the events CloudTrail Lake (or its emulator) stored.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     query = commands.add_parser(
         "query",
-        help="run one SQL statement on the emulator's database and print the rows",
+        help="run one SQL statement on an event data store (or the emulator's database) and print the rows",
         description=(
-            "Run one SQL statement (read-only) on the emulator's SQLite file and print the rows. "
-            "Table: audit_events(event_id, id, channel_arn, event_data, received_at); "
-            "json_extract(event_data, '$.field') reaches inside an event."
+            "With --event-data-store: run one CloudTrail Lake SQL statement through the query API "
+            "(FROM <event data store id>; columns eventTime, eventID, eventData.eventName, "
+            "eventData.userIdentity.principalId, ...), against AWS or the emulator "
+            "(AWS_ENDPOINT_URL_CLOUDTRAIL). Without it: one SQLite statement (read-only) on the emulator's "
+            "file; table audit_events(event_id, id, channel_arn, event_data, received_at, event_time, "
+            "envelope); json_extract(event_data, '$.field') reaches inside an event."
         ),
     )
     query.add_argument("sql", metavar="SQL", help='the statement, e.g. "SELECT count(*) FROM audit_events"')
@@ -44,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_DB,
         metavar="PATH",
         help="the file given to 'falcon-lake emulate cloudtrail --db' (default %(default)s)",
+    )
+    query.add_argument(
+        "--event-data-store",
+        metavar="ARN_OR_ID",
+        help="run the statement as CloudTrail Lake SQL on this event data store through the query API",
+    )
+    query.add_argument(
+        "--region",
+        default=None,
+        help="the event data store's region (default: the ARN's, else the SDK's: AWS_REGION, profile)",
     )
     query.add_argument("--json", action="store_true", help="print a JSON array of row objects instead of a table")
     query.add_argument(
@@ -104,9 +126,40 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_widt
     return "\n".join(lines)
 
 
+def _query_event_data_store(args: argparse.Namespace) -> int:
+    client = lake_client.cloudtrail_client(args.region or lake_client.region_of(args.event_data_store))
+    try:
+        store = lake_client.describe_event_data_store(client, args.event_data_store)
+        result = lake_client.run_query(
+            client,
+            args.sql,
+            store.id,
+            progress=lambda line: print(f"falcon-lake lake query: {line}", file=sys.stderr, flush=True),
+        )
+    except lake_client.LakeQueryError as exc:
+        print(f"falcon-lake lake query: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([dict(zip(result.columns, row, strict=True)) for row in result.rows], indent=2))
+    else:
+        if result.rows:
+            print(format_table(result.columns, result.rows, args.max_width))
+        else:
+            print("(0 rows)")
+        print(
+            f"query {result.query_id}: {lake_client.format_bytes(result.bytes_scanned)} scanned, "
+            f"{result.events_scanned} events scanned, {result.seconds:.1f} s",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
-    """`falcon-lake lake query SQL [--db PATH] [--json]`: 0 with the rows printed, 2 on a bad query or file."""
+    """`falcon-lake lake query SQL [--event-data-store ARN_OR_ID | --db PATH] [--json]`: 0 with the rows
+    printed, 2 on a bad query, store or file."""
     args = _parser().parse_args(list(argv))
+    if args.event_data_store:
+        return _query_event_data_store(args)
     try:
         columns, rows = run_query(args.db, args.sql)
     except FileNotFoundError:

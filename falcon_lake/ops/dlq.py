@@ -26,10 +26,10 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from falcon_lake import headers as headers_
-from falcon_lake import ops_cli
 from falcon_lake.dead_letter import DeadLetter, read_dead_letter
 from falcon_lake.headers import REDRIVEN_FROM, as_bytes_pairs
-from falcon_lake.ops_cli import KafkaOps, OpsError, Watermarks
+from falcon_lake.ops import command as ops_cli
+from falcon_lake.ops.command import KafkaOps, OpsError, Watermarks
 from falcon_lake.partitioner import partition_for
 from falcon_lake.settings import KafkaSettings
 
