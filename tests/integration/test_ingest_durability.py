@@ -26,8 +26,8 @@ from confluent_kafka.admin import (
 )
 
 from emulators.falcon import Faults
-from falcon_lake import dlq
 from falcon_lake.dead_letter import dlq_headers
+from falcon_lake.ops import dlq
 from falcon_lake.partitioner import partition_for
 from ingestor import resume
 from ingestor.metrics import IngestorMetrics
