@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 TOKEN_RENEW_EARLY_S = 120.0
 REFRESH_ACTION = "refresh_active_stream_session"
 DEFAULT_REFRESH_INTERVAL_S = 1800.0
+# A server's wait is honoured up to this: a bogus hint (e.g. milliseconds) must not stop the ingestor for years.
+MAX_RETRY_AFTER_S = 600.0
 # Python's datetime takes at most microseconds; Falcon writes nanoseconds.
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
@@ -68,7 +70,7 @@ def parse_expiration(text: object) -> datetime | None:
 def retry_after_s(headers: Any, now: float | None = None) -> float | None:
     """Seconds the server asks us to wait: the later of `X-RateLimit-RetryAfter` (Falcon: the epoch second
     after which to retry) and `Retry-After` (seconds or an HTTP date, as a proxy may add); None without either.
-    Header names are case-insensitive (requests' headers are)."""
+    Header names are case-insensitive (requests' headers are). At most MAX_RETRY_AFTER_S."""
     now = time.time() if now is None else now
     waits: list[float] = []
     epoch = headers.get("X-RateLimit-RetryAfter")
@@ -82,7 +84,7 @@ def retry_after_s(headers: Any, now: float | None = None) -> float | None:
         except ValueError:
             with contextlib.suppress(TypeError, ValueError, IndexError):
                 waits.append(parsedate_to_datetime(value).timestamp() - now)
-    return max(0.0, *waits) if waits else None
+    return min(MAX_RETRY_AFTER_S, max(0.0, *waits)) if waits else None
 
 
 def _feed_id(url: str) -> str:

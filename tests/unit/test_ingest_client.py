@@ -77,6 +77,7 @@ def test_retry_after_reads_falcons_epoch_header_and_a_proxys_retry_after_whateve
     http_date = CaseInsensitiveDict({"Retry-After": formatdate(now + 4, usegmt=True)})
     assert retry_after_s(http_date, now) == 4.0
     assert retry_after_s(CaseInsensitiveDict({"Retry-After": "soon"}), now) is None
+    assert retry_after_s(CaseInsensitiveDict({"X-Ratelimit-Retryafter": "1796000000000"}), now) == 600.0  # capped
     assert retry_after_s(CaseInsensitiveDict({}), now) is None
 
 
