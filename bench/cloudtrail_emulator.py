@@ -102,7 +102,7 @@ def raw_worker(url: str, bodies: list[bytes], deadline: float, counts: list[int]
     """Send signed requests over one kept-alive connection until the deadline."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
-    signer = SigV4Auth(Credentials("bench", "bench"), "cloudtrail-data", "us-east-1")
+    signer = SigV4Auth(Credentials("testing", "testing"), "cloudtrail-data", "us-east-1")  # the local test pair
     target = f"/PutAuditEvents?channelArn={quote(CHANNEL, safe='')}"
     sent = events = errors = 0
     index = 0
@@ -136,8 +136,9 @@ def boto3_worker(
         "cloudtrail-data",
         endpoint_url=url,
         region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
+        # The emulator's documented local test credentials (README, Local credentials).
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     sent = events = errors = 0
     index = 0

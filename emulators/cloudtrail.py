@@ -65,6 +65,9 @@ DEFAULT_CHANNEL_ARN = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
 DEFAULT_PORT = 8091
 SIGNING_SERVICE = "cloudtrail-data"
 QUERY_SIGNING_SERVICE = "cloudtrail"  # the query API (emulators.lake_query) is the `cloudtrail` service
+DEFAULT_ACCESS_KEY = "testing"
+DEFAULT_SECRET_KEY = "testing"
+MAX_CLOCK_SKEW_S = 15 * 60  # AWS refuses a request dated more than 15 minutes from its clock
 # arn:PARTITION:cloudtrail:REGION:ACCOUNT(12 digits):channel/ID
 CHANNEL_ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:cloudtrail:[a-z0-9-]+:\d{12}:channel/[A-Za-z0-9._/-]{1,256}")
 
@@ -86,7 +89,7 @@ REQUEST_ERROR_STATUS: dict[str, int] = {
     "InvalidSignatureException": 403,
     "UnrecognizedClientException": 403,
     "UnknownOperationException": 404,
-    "ThrottlingException": 429,
+    "ThrottlingException": 400,  # as in AWS's common errors (not 429)
     "InternalFailure": 500,
     "ServiceUnavailable": 503,
 }
@@ -177,10 +180,15 @@ class CloudTrailEmulatorConfig:
     seed: int | None = None
     max_request_bytes: int = MAX_REQUEST_BYTES
     allow_unknown_fields: bool = False
-    # When set, SigV4 must name this access key (else UnrecognizedClientException) and,
-    # with secret_key, the signature is verified (else InvalidSignatureException).
-    access_key: str | None = None
-    secret_key: str | None = None
+    # SigV4 must name this access key (else UnrecognizedClientException) and be signed with this secret
+    # (else InvalidSignatureException): by default the documented local test credentials testing/testing
+    # (moto's docs, README). None: any access key / no signature check.
+    access_key: str | None = DEFAULT_ACCESS_KEY
+    secret_key: str | None = DEFAULT_SECRET_KEY
+    # The region credentials must be scoped to (None: the region of the first channel).
+    region: str | None = None
+    # Take any well-formed SigV4 header: no key, signature, clock or region check.
+    accept_any_signature: bool = False
     # The event data store every channel delivers into, served by the query API.
     event_data_store_arn: str = DEFAULT_EVENT_DATA_STORE_ARN
 
@@ -698,8 +706,11 @@ class CloudTrailEmulator:
         target: str,
         headers: Mapping[str, str],
         body: bytes | None,
-        signing_service: str = SIGNING_SERVICE,
+        service: str = SIGNING_SERVICE,
+        now: float | None = None,
     ) -> None:
+        """Check a request's SigV4 Authorization as AWS does, for the signing `service` of its operation
+        (`cloudtrail-data` for PutAuditEvents, `cloudtrail` for the Lake query API); RequestError if refused."""
         authorization = headers.get("authorization")
         if not authorization:
             raise RequestError("MissingAuthenticationTokenException", "Missing Authentication Token")
@@ -712,15 +723,25 @@ class CloudTrailEmulator:
         scope = match["credential"].split("/")
         if len(scope) != 5 or scope[4] != "aws4_request":
             raise RequestError("IncompleteSignatureException", f"Malformed credential scope: {match['credential']}")
-        access_key, _, _, service, _ = scope
-        if service != signing_service:
+        access_key, scope_date, region, scoped_service, _ = scope
+        if scoped_service != service:
             raise RequestError(
                 "InvalidSignatureException",
-                f"Credential should be scoped to correct service: '{signing_service}'.",
+                f"Credential should be scoped to correct service: '{service}'.",
             )
         amz_date = headers.get("x-amz-date")
         if not amz_date:
             raise RequestError("IncompleteSignatureException", "Missing X-Amz-Date header")
+        if self.config.accept_any_signature:
+            return
+        expected_region = self.config.region or _arn_region(self.config.channels[0].arn)
+        if region != expected_region:
+            raise RequestError(
+                "InvalidSignatureException",
+                f"Credential should be scoped to a valid region, not '{region}'. This endpoint serves "
+                f"'{expected_region}'.",
+            )
+        _check_request_time(amz_date, scope_date, time.time() if now is None else now)
         if self.config.access_key is not None and access_key != self.config.access_key:
             raise RequestError("UnrecognizedClientException", "The security token included in the request is invalid.")
         if self.config.secret_key is not None and body is not None:
@@ -728,7 +749,8 @@ class CloudTrailEmulator:
             if not hmac.compare_digest(expected, match["signature"]):
                 raise RequestError(
                     "InvalidSignatureException",
-                    "The request signature we calculated does not match the signature you provided.",
+                    "The request signature we calculated does not match the signature you provided. "
+                    "Check your AWS Secret Access Key and signing method.",
                 )
 
     def cloudtrail_api(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> Response:
@@ -736,7 +758,7 @@ class CloudTrailEmulator:
         as PutAuditEvents is but scoped to the `cloudtrail` signing name."""
         operation = operation_of(headers.get("x-amz-target")) or "?"
         try:
-            self._authenticate(method, target, headers, body, QUERY_SIGNING_SERVICE)
+            self._authenticate(method, target, headers, body, service=QUERY_SIGNING_SERVICE)
             try:
                 payload = json.loads(body or b"{}")
             except ValueError as exc:
@@ -952,6 +974,44 @@ def _parse_request_body(body: bytes) -> list[dict[str, str]]:
     return events
 
 
+def _arn_region(arn: str) -> str:
+    """The region field of an ARN (arn:partition:service:REGION:account:resource)."""
+    parts = arn.split(":")
+    return parts[3] if len(parts) > 3 else ""
+
+
+def _check_request_time(amz_date: str, scope_date: str, now: float) -> None:
+    """Refuse an X-Amz-Date more than 15 minutes from `now`, or one the credential scope's date contradicts."""
+    try:
+        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise RequestError(
+            "IncompleteSignatureException", f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'."
+        ) from None
+    if scope_date != amz_date[:8]:
+        raise RequestError(
+            "InvalidSignatureException",
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
+            f"'{scope_date}' != '{amz_date[:8]}', from '{amz_date}'.",
+        )
+
+    def stamp(moment: float) -> str:
+        return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+
+    if signed_at < now - MAX_CLOCK_SKEW_S:
+        raise RequestError(
+            "InvalidSignatureException",
+            f"Signature expired: {amz_date} is now earlier than {stamp(now - MAX_CLOCK_SKEW_S)} "
+            f"({stamp(now)} - 15 min.)",
+        )
+    if signed_at > now + MAX_CLOCK_SKEW_S:
+        raise RequestError(
+            "InvalidSignatureException",
+            f"Signature not yet current: {amz_date} is still later than {stamp(now + MAX_CLOCK_SKEW_S)} "
+            f"({stamp(now)} + 15 min.)",
+        )
+
+
 def _sigv4_signature(
     secret_key: str,
     method: str,
@@ -1164,7 +1224,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=100.0,
         help="PutAuditEvents requests per second over the whole server; excess requests get "
-        "ThrottlingException (HTTP 429) (default %(default)s, the real quota)",
+        "ThrottlingException (HTTP 400, as AWS) (default %(default)s, the real quota)",
     )
     parser.add_argument(
         "--latency-ms",
@@ -1207,9 +1267,25 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept eventData fields outside the integrations schema (default: InvalidData)",
     )
-    parser.add_argument("--access-key", default=None, help="accept only this SigV4 access key id (default: any)")
     parser.add_argument(
-        "--secret-key", default=None, help="verify SigV4 signatures with this secret key (default: not verified)"
+        "--access-key",
+        default=DEFAULT_ACCESS_KEY,
+        help="accept only this SigV4 access key id (default %(default)s, the documented local test key)",
+    )
+    parser.add_argument(
+        "--secret-key",
+        default=DEFAULT_SECRET_KEY,
+        help="verify SigV4 signatures with this secret key (default %(default)s)",
+    )
+    parser.add_argument(
+        "--region",
+        default=None,
+        help="the region credentials must be scoped to (default: the first channel's region)",
+    )
+    parser.add_argument(
+        "--accept-any-signature",
+        action="store_true",
+        help="take any well-formed SigV4 request: no access key, signature, clock (15 min) or region check",
     )
     parser.add_argument(
         "--event-data-store",
@@ -1258,6 +1334,8 @@ def config_from_args(args: argparse.Namespace) -> CloudTrailEmulatorConfig:
         access_key=args.access_key,
         secret_key=args.secret_key,
         event_data_store_arn=args.event_data_store,
+        region=args.region,
+        accept_any_signature=args.accept_any_signature,
     )
 
 

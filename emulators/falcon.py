@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import re
 import secrets
 import select
@@ -52,6 +53,7 @@ log = logging.getLogger("emulators.falcon")
 
 APP_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,32}$")
 REFRESH_ACTION = "refresh_active_stream_session"
+RETRY_AFTER_S = 1  # a 429 names the epoch second this far after the current one
 RATE_LIMIT = 6000  # X-Ratelimit-Limit: requests per minute, as the real API advertises a per-minute figure
 BATCH_EVENTS = 512  # most events written in one chunk when the reader keeps up
 IDLE_POLL_SECONDS = 0.05  # how quickly an idle stream notices new events, a dropped client or a stop
@@ -68,11 +70,14 @@ class Faults:
     - disconnect_every: close a feed stream abruptly (no terminating chunk) after N events on it.
     - feed_401_every: every Nth feed open answers 401.
     - refresh_404: every Nth refresh answers 404 without extending the session (1 = always).
-    - rate_limit_every: every Nth API request answers 429 (`Retry-After: 1`, remaining 0).
+    - rate_limit_every: every Nth API request answers 429 (`X-Ratelimit-Retryafter`: an epoch
+      second at least 1 s away; `X-Ratelimit-Remaining: 0`), as Falcon does.
     - token_5xx_every / discovery_5xx_every: every Nth token / discovery request answers 503.
     - malformed_every: every Nth event line served is preceded by a malformed line (see module doc).
     - idle_gap_every + idle_gap_seconds: pause that long after every N events on a stream.
     - expire_sessions_after: a session dies this many seconds after discovery, refreshed or not.
+    - end_without_newline_every: end a stream cleanly (terminating chunk) after N events on it, the
+      last of them without its newline, as Falcon may.
     """
 
     disconnect_every: int = 0
@@ -85,6 +90,7 @@ class Faults:
     idle_gap_every: int = 0
     idle_gap_seconds: float = 0.0
     expire_sessions_after: float = 0.0
+    end_without_newline_every: int = 0
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
         """A copy with changes applied; ValueError naming the field for an unknown name or bad value."""
@@ -126,13 +132,15 @@ class FalconEmulatorConfig:
     session_ttl: seconds a session lives without refresh (None: refresh_interval).
     start_time: epoch seconds the generated creation times are based on (None: now).
     public_url: base URL written into discovery answers (None: from the request's Host header).
+    region: the token answer's X-Cs-Region header (None: no header). Off by default: clients that follow
+      it (FalconPy, the ingestor with FALCON_CLOUD_REGION=us-1) would leave the emulator for a public cloud.
     """
 
     host: str = "127.0.0.1"
     port: int = 8090
     client_id: str = "demo"
     client_secret: str = "demo"
-    region: str = "us-1"
+    region: str | None = None
     token_ttl: int = 1799
     feeds: int = 1
     refresh_interval: int = 1800
@@ -732,7 +740,9 @@ class _FalconHandler(BaseHTTPRequestHandler):
         limited, remaining = self.emulator._api_request()
         self._remaining = remaining
         if limited:
-            self._json(429, _errors(429, "API rate limit exceeded."), {"Retry-After": "1"})
+            # Falcon names the epoch second after which to retry (no Retry-After): at least a second away.
+            retry_at = math.ceil(time.time()) + RETRY_AFTER_S
+            self._json(429, _errors(429, "API rate limit exceeded."), {"X-Ratelimit-Retryafter": str(retry_at)})
             return
         feed_match = re.fullmatch(r"/sensors/entities/datafeed/v1/([^/]+)", path)
         refresh_match = re.fullmatch(r"/sensors/entities/datafeed-actions/v1/([^/]+)", path)
@@ -801,7 +811,7 @@ class _FalconHandler(BaseHTTPRequestHandler):
             return
         token = emulator._issue_token()
         payload = {"access_token": token, "expires_in": config.token_ttl, "token_type": "bearer"}
-        self._json(201, payload, {"X-Cs-Region": config.region})
+        self._json(201, payload, {"X-Cs-Region": config.region} if config.region else None)
 
     def _discovery(self, query: dict[str, str]) -> None:
         emulator = self.emulator
@@ -823,7 +833,7 @@ class _FalconHandler(BaseHTTPRequestHandler):
                 "dataFeedURL": f"{base}/sensors/entities/datafeed/v1/{s.feed}?appId={app_id}",
                 "sessionToken": {
                     "token": s.token,
-                    "expiration": emulator._session_expiry_wall(s).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "expiration": _rfc3339_nanoseconds(emulator._session_expiry_wall(s)),
                 },
                 "refreshActiveSessionURL": (
                     f"{base}/sensors/entities/datafeed-actions/v1/{s.feed}?appId={app_id}&action_name={REFRESH_ACTION}"
@@ -924,6 +934,8 @@ class _FalconHandler(BaseHTTPRequestHandler):
                         reason = "disconnect fault"
                         return
                     limit = min(limit, left)
+                if faults.end_without_newline_every:
+                    limit = min(limit, max(1, faults.end_without_newline_every - served_here))
                 if faults.idle_gap_every:
                     left = faults.idle_gap_every - since_gap
                     if left <= 0:
@@ -936,8 +948,18 @@ class _FalconHandler(BaseHTTPRequestHandler):
                 batch, pos = emulator.source.read(feed, pos, limit, types, now)
                 if batch:
                     data = emulator._compose(feed, batch, faults)
+                    ending = bool(faults.end_without_newline_every) and (
+                        served_here + len(batch) >= faults.end_without_newline_every
+                    )
+                    if ending:
+                        data = data[:-1]  # the last event's newline
                     sock.sendall(b"%x\r\n%b\r\n" % (len(data), data))
                     served_here += len(batch)
+                    if ending:
+                        emulator._bump("", "end_without_newline_every")
+                        sock.sendall(b"0\r\n\r\n")
+                        reason = "clean end without a final newline"
+                        return
                     since_gap += len(batch)
                     last_write = now
                     continue
@@ -1008,6 +1030,12 @@ class _FalconHandler(BaseHTTPRequestHandler):
             self._json(400, _errors(400, str(exc)))
 
 
+def _rfc3339_nanoseconds(moment: datetime) -> str:
+    """`2026-12-04T14:25:05.826373335Z`: the form of Falcon's sessionToken.expiration (nanoseconds)."""
+    nanos = moment.microsecond * 1000 + time.time_ns() % 1000
+    return f"{moment.strftime('%Y-%m-%dT%H:%M:%S')}.{nanos:09d}Z"
+
+
 def _meta() -> dict[str, Any]:
     return {"query_time": 0.001, "powered_by": "falcon-lake-emulator", "trace_id": str(uuid.uuid4())}
 
@@ -1043,7 +1071,12 @@ def build_parser() -> argparse.ArgumentParser:
     api = parser.add_argument_group("API")
     api.add_argument("--client-id", default="demo", help="accepted OAuth2 client_id")
     api.add_argument("--client-secret", default="demo", help="accepted OAuth2 client_secret")
-    api.add_argument("--region", default="us-1", help="value of the token answer's X-Cs-Region header")
+    api.add_argument(
+        "--region",
+        default=None,
+        help="send this X-Cs-Region header with tokens (e.g. us-2): SDKs that follow it leave the emulator "
+        "for that public cloud; none by default",
+    )
     api.add_argument("--token-ttl", type=_positive_int, default=1799, help="bearer token lifetime (expires_in), s")
     api.add_argument("--feeds", type=_positive_int, default=1, help="feeds (partitions) per appId, ids 0..K-1")
     api.add_argument(
@@ -1114,7 +1147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-limit-every",
         type=_non_negative_int,
         default=0,
-        help="every Nth API request answers 429 with Retry-After: 1",
+        help="every Nth API request answers 429 with X-Ratelimit-Retryafter (epoch seconds, 1 s on)",
     )
     faults.add_argument(
         "--token-5xx-every", type=_non_negative_int, default=0, help="every Nth token request answers 503"
@@ -1137,6 +1170,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=0.0,
         help="a session dies this many seconds after discovery, refreshed or not",
+    )
+    faults.add_argument(
+        "--end-without-newline-every",
+        type=_non_negative_int,
+        default=0,
+        help="end a stream cleanly after N events on it, the last one without its newline",
     )
     return parser
 

@@ -10,6 +10,11 @@ OFFSET = "falcon.offset"
 EVENT_TYPE = "falcon.event_type"
 CID = "falcon.cid"
 CREATED_MS = "falcon.created_ms"
+# How many partitions the topic had when the ingestor chose this record's partition (see ingestor/resume.py).
+PARTITIONS = "falcon.partitions"
+# Set by `falcon-lake dlq redrive` ("<dlq partition>:<dlq offset>"): the record is an old event sent again,
+# so its falcon.offset says nothing about where the ingestor resumes.
+REDRIVEN_FROM = "falcon.redriven_from"
 
 # What confluent-kafka hands back and accepts.
 KafkaHeaders = list[tuple[str, str | bytes | None]]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +22,12 @@ from falcon_lake.settings import DISCOVERABLE_CLOUDS, FALCON_CLOUDS, Secret
 log = logging.getLogger(__name__)
 
 TOKEN_RENEW_EARLY_S = 120.0
+REFRESH_ACTION = "refresh_active_stream_session"
+DEFAULT_REFRESH_INTERVAL_S = 1800.0
+# A server's wait is honoured up to this: a bogus hint (e.g. milliseconds) must not stop the ingestor for years.
+MAX_RETRY_AFTER_S = 600.0
+# Python's datetime takes at most microseconds; Falcon writes nanoseconds.
+_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 class FalconApiError(RuntimeError):
@@ -41,19 +51,40 @@ class FeedSession:
     feed: str
     data_feed_url: str
     token: Secret
-    expiration: str
+    expiration: datetime | None  # sessionToken.expiration, None when absent or unreadable
     refresh_url: str
     refresh_interval_s: float
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
+def parse_expiration(text: object) -> datetime | None:
+    """`sessionToken.expiration` (RFC 3339, fractional seconds up to nanoseconds) as an aware datetime."""
+    if not isinstance(text, str) or not text:
         return None
     try:
-        return max(0.0, float(value))
+        parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", text.strip()).replace("Z", "+00:00"))
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def retry_after_s(headers: Any, now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait: the later of `X-RateLimit-RetryAfter` (Falcon: the epoch second
+    after which to retry) and `Retry-After` (seconds or an HTTP date, as a proxy may add); None without either.
+    Header names are case-insensitive (requests' headers are). At most MAX_RETRY_AFTER_S."""
+    now = time.time() if now is None else now
+    waits: list[float] = []
+    epoch = headers.get("X-RateLimit-RetryAfter")
+    if epoch is not None:
+        with contextlib.suppress(ValueError):
+            waits.append(float(epoch) - now)
+    value = headers.get("Retry-After")
+    if value is not None:
+        try:
+            waits.append(float(value))
+        except ValueError:
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                waits.append(parsedate_to_datetime(value).timestamp() - now)
+    return min(MAX_RETRY_AFTER_S, max(0.0, *waits)) if waits else None
 
 
 def _feed_id(url: str) -> str:
@@ -110,7 +141,7 @@ class FalconClient:
                     detail = str(errors[0].get("message", ""))[:200]
             except (ValueError, AttributeError):
                 detail = response.text[:200].replace("\n", " ")
-            raise FalconApiError(what, response.status_code, detail, _retry_after(response))
+            raise FalconApiError(what, response.status_code, detail, retry_after_s(response.headers))
 
     def invalidate_token(self) -> None:
         with self._lock:
@@ -147,10 +178,11 @@ class FalconClient:
     def discover(self, event_types: tuple[str, ...] = ()) -> list[FeedSession]:
         """Every feed of this appId. Raises AppIdHeld when discovery lists none."""
         params = {"appId": self.app_id, "format": "json"}
+        bearer = self.bearer()  # first: a new token may move base_url to the customer's cloud
         response = self._session.get(
             f"{self.base_url}/sensors/entities/datafeed/v2",
             params=params,
-            headers={"Authorization": f"Bearer {self.bearer()}"},
+            headers={"Authorization": f"Bearer {bearer}"},
             timeout=self._timeout,
         )
         if response.status_code == 401:
@@ -165,17 +197,27 @@ class FalconClient:
         feeds = []
         for resource in resources:
             url = resource["dataFeedURL"]
+            feed = _feed_id(url)
+            try:
+                interval = float(resource.get("refreshActiveSessionInterval") or 0)
+            except (TypeError, ValueError):
+                interval = 0.0
             feeds.append(
                 FeedSession(
-                    feed=_feed_id(url),
+                    feed=feed,
                     data_feed_url=url,
                     token=Secret(resource["sessionToken"]["token"]),
-                    expiration=str(resource["sessionToken"].get("expiration", "")),
-                    refresh_url=resource["refreshActiveSessionURL"],
-                    refresh_interval_s=float(resource.get("refreshActiveSessionInterval") or 1800),
+                    expiration=parse_expiration(resource["sessionToken"].get("expiration")),
+                    # Discovery names the refresh URL (possibly another host); build it only when it does not.
+                    refresh_url=resource.get("refreshActiveSessionURL") or self._refresh_url(feed),
+                    refresh_interval_s=interval if interval > 0 else DEFAULT_REFRESH_INTERVAL_S,
                 )
             )
         return feeds
+
+    def _refresh_url(self, feed: str) -> str:
+        query = urlencode({"action_name": REFRESH_ACTION, "appId": self.app_id})
+        return f"{self.base_url}/sensors/entities/datafeed-actions/v1/{feed}?{query}"
 
     def open_stream(
         self, feed: FeedSession, offset: int | None, event_types: tuple[str, ...], read_timeout_s: float
@@ -200,11 +242,9 @@ class FalconClient:
         return response
 
     def refresh(self, feed: FeedSession) -> None:
-        """Keep the feed's stream session alive. 404 means it is gone: reconnect."""
-        url = f"{self.base_url}/sensors/entities/datafeed-actions/v1/{feed.feed}"
-        params = {"action_name": "refresh_active_stream_session", "appId": self.app_id}
+        """Keep the feed's stream session alive (POST its refreshActiveSessionURL). 404 means it is gone: reconnect."""
         response = self._session.post(
-            url, params=params, headers={"Authorization": f"Bearer {self.bearer()}"}, timeout=self._timeout
+            feed.refresh_url, headers={"Authorization": f"Bearer {self.bearer()}"}, timeout=self._timeout
         )
         if response.status_code == 401:
             self.invalidate_token()

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from falcon_lake.aws import aws_client
 from falcon_lake.kafka_config import admin_client, client_config, ensure_topic, producer_config
@@ -24,13 +25,17 @@ from falcon_lake.ops_server import OpsServer
 from falcon_lake.settings import IngestorSettings, Secret, SettingsError, load_ingestor
 from ingestor.falcon_api import FalconClient
 from ingestor.metrics import IngestorMetrics
-from ingestor.resume import ResumePoint, resume_points
+from ingestor.resume import PartitionCountChanged, ResumePoint, check_partition_count, resume_points
 from ingestor.session import StreamSupervisor
 from ingestor.sink import KafkaEventSink
 
 log = logging.getLogger("ingestor")
 
 SUMMARY_EVERY_S = 30.0
+# librdkafka's default message.max.bytes; the producer never asks for more.
+PRODUCER_MAX_BYTES = 1_000_000
+# Room for the record batch's framing, so a batch the producer accepts fits the topic's max.message.bytes.
+BATCH_FRAMING_BYTES = 1_024
 
 
 class StartupError(RuntimeError):
@@ -61,15 +66,7 @@ class Ingestor:
         self.metrics = IngestorMetrics()
         self.stop = threading.Event()
         self._kafka_conf = client_config(settings.kafka)
-        self.producer = Producer(
-            producer_config(
-                settings.kafka,
-                **{
-                    "queue.buffering.max.messages": settings.max_buffered_events,
-                    "queue.buffering.max.kbytes": 32_768,
-                },
-            )
-        )
+        self.producer: Producer | None = None  # made once the topics' size limits are known
         self.client = FalconClient(
             settings.falcon.base_url,
             settings.falcon.cloud,
@@ -83,6 +80,8 @@ class Ingestor:
         if settings.ssm.region:
             self.ssm = SsmOffsetStore(aws_client("ssm", settings.ssm.region), settings.ssm.parameter)
         self.partitions = 0
+        self.max_message_bytes: dict[str, int] = {}
+        self.producer_max_bytes = PRODUCER_MAX_BYTES
         self.ssm_offsets: dict[str, int] = {}
         self.sink: KafkaEventSink | None = None
         self.supervisor: StreamSupervisor | None = None
@@ -100,6 +99,7 @@ class Ingestor:
                 # Just after creation the metadata may not list the partitions yet; 0 would break routing.
                 if described is not None and described.error is None and described.partitions:
                     self.partitions = len(described.partitions)
+                    self.max_message_bytes = _max_message_bytes(admin, [kafka.topic, kafka.dlq_topic])
                     return
                 reason = described.error if described is not None else "not in the metadata"
                 log.info("topic %s not ready yet (%s); retrying in 1s", kafka.topic, reason)
@@ -107,6 +107,54 @@ class Ingestor:
             except (KafkaException, concurrent.futures.TimeoutError) as exc:
                 log.warning("Kafka at %s not usable yet (%s); retrying in 5s", kafka.bootstrap_servers, exc)
                 self.stop.wait(5)
+
+    def _make_producer(self) -> Producer:
+        """Idempotent with gapless delivery, and no record or batch larger than the events topic takes.
+
+        A record the topic would refuse is refused by produce() itself, so it goes to the DLQ in
+        order; should the broker still refuse a batch (its limit lowered while running), the
+        gapless guarantee turns that into a fatal error: the ingestor stops and resumes below it.
+        """
+        topic_limit = self.max_message_bytes.get(self.settings.kafka.topic, PRODUCER_MAX_BYTES + BATCH_FRAMING_BYTES)
+        max_bytes = self.producer_max_bytes = max(1_000, min(PRODUCER_MAX_BYTES, topic_limit - BATCH_FRAMING_BYTES))
+        if max_bytes < PRODUCER_MAX_BYTES:
+            log.info(
+                "topic %s takes records up to %d bytes (max.message.bytes): larger events go to %s",
+                self.settings.kafka.topic,
+                topic_limit,
+                self.settings.kafka.dlq_topic,
+            )
+        return Producer(
+            producer_config(
+                self.settings.kafka,
+                **{
+                    "enable.gapless.guarantee": True,
+                    "message.max.bytes": max_bytes,
+                    "batch.size": max_bytes,
+                    "queue.buffering.max.messages": self.settings.max_buffered_events,
+                    "queue.buffering.max.kbytes": 32_768,
+                },
+            )
+        )
+
+    def _check_partition_count(self) -> None:
+        """Refuse to start when the topic's partition count is not the one its records were written with."""
+        while not self.stop.is_set():
+            consumer = Consumer(
+                {**self._kafka_conf, "group.id": "falcon-lake-ingest-resume", "enable.auto.commit": False}
+            )
+            try:
+                check_partition_count(consumer, self.settings.kafka.topic, self.partitions)
+                return
+            except PartitionCountChanged as exc:
+                raise StartupError(str(exc)) from None
+            except KafkaException as exc:
+                log.warning(
+                    "cannot read the newest records of %s yet (%s); retrying in 2s", self.settings.kafka.topic, exc
+                )
+                self.stop.wait(2)
+            finally:
+                consumer.close()
 
     def _read_ssm(self) -> None:
         if self.ssm is None:
@@ -143,14 +191,23 @@ class Ingestor:
         self._prepare_topics()
         if self.stop.is_set():
             return 0
-        self.sink = KafkaEventSink(
-            self.producer,
+        self._check_partition_count()
+        if self.stop.is_set():
+            return 0
+        producer = self.producer = self._make_producer()
+        sink = self.sink = KafkaEventSink(
+            producer,
             self.settings.kafka.topic,
             self.settings.kafka.dlq_topic,
             self.partitions,
             self.metrics,
             self.stop,
         )
+        # One producer writes both topics: a DLQ value is cut to fit the smaller limit, with room for the
+        # dlq.* headers (reason, source, time).
+        dlq_limit = self.max_message_bytes.get(self.settings.kafka.dlq_topic, PRODUCER_MAX_BYTES)
+        fits = min(dlq_limit - BATCH_FRAMING_BYTES, self.producer_max_bytes) - 4 * BATCH_FRAMING_BYTES
+        self.sink.dlq_value_limit = max(500, min(self.sink.dlq_value_limit, fits))
         self.supervisor = StreamSupervisor(
             self.client, self.sink, self.metrics, self.settings.falcon.event_types, self._resume, self.stop
         )
@@ -173,24 +230,31 @@ class Ingestor:
         self.supervisor.start()
         next_summary = time.monotonic() + SUMMARY_EVERY_S
         while not self.stop.is_set():
-            self.producer.poll(0.2)
-            self.metrics.produce_queue.set(len(self.producer))
+            sink.poll(0.2)
+            self.metrics.produce_queue.set(len(producer))
             if time.monotonic() >= next_summary:
                 next_summary += SUMMARY_EVERY_S
-                log.info(
-                    "summary: next offsets %s, %d waiting for Kafka", self.supervisor.positions(), len(self.producer)
-                )
+                log.info("summary: next offsets %s, %d waiting for Kafka", self.supervisor.positions(), len(producer))
         return self._shutdown(ops)
 
     def _shutdown(self, ops: OpsServer | None) -> int:
         budget = self.settings.shutdown_timeout_s
         # Keep a margin inside the budget for the ops server, the signal's wait and the interpreter's exit.
         deadline = time.monotonic() + budget - min(1.0, budget / 4)
-        assert self.supervisor is not None and self.sink is not None
+        assert self.supervisor is not None and self.sink is not None and self.producer is not None
         log.info("stopping: closing streams and flushing Kafka (up to %.0fs)", self.settings.shutdown_timeout_s)
         self.supervisor.wake()
         self.supervisor.join(timeout=max(0.5, deadline - time.monotonic()))
-        left = self.producer.flush(max(0.0, deadline - time.monotonic()))
+        left = 0
+        if self.sink.fatal is None:
+            try:
+                left = self.producer.flush(max(0.0, deadline - time.monotonic()))
+            except KafkaException:
+                self.sink.poll(0)  # the fatal error the flush raised becomes sink.fatal
+        if self.sink.fatal is not None:
+            # Flushing now could deliver records queued after the failed one: a gap the restart would skip.
+            dropped = self.sink.discard_unsent()
+            log.error("%d records not sent after the failure; the next start reads them again from Falcon", dropped)
         self.client.close()
         if ops is not None:
             ops.stop()
@@ -202,6 +266,20 @@ class Ingestor:
             log.warning("%d events were not yet in Kafka at exit; the next start reads them again", left)
         log.info("stopped; next offsets %s", self.supervisor.positions())
         return 0
+
+
+def _max_message_bytes(admin: AdminClient, topics: list[str]) -> dict[str, int]:
+    """Each topic's max.message.bytes (topics whose config cannot be read are left out)."""
+    limits: dict[str, int] = {}
+    futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic) for topic in topics])
+    for resource, future in futures.items():
+        try:
+            entry = future.result(timeout=30).get("max.message.bytes")
+            if entry is not None and entry.value is not None:
+                limits[resource.name] = int(entry.value)
+        except (KafkaException, ValueError, concurrent.futures.TimeoutError) as exc:
+            log.warning("cannot read max.message.bytes of topic %s (%s); assuming the default", resource.name, exc)
+    return limits
 
 
 def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:

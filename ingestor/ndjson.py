@@ -145,3 +145,19 @@ def _run_together(text: str) -> Iterator[FalconEvent | Malformed]:
             return
         yield _as_event(text[position:end].encode("utf-8"), obj)
         position = end
+
+
+def parse_final_remainder(rest: bytes) -> tuple[list[FalconEvent], bool]:
+    """The complete events in what a cleanly ended stream left after its last line break, and
+    whether that was all of it.
+
+    A server may end a stream with a complete object and no final newline: those events count.
+    Anything from the first piece that is not a complete event on is left out (False): a
+    truncated line is read again when the feed reopens after the last event handed on.
+    """
+    events: list[FalconEvent] = []
+    for item in parse_line(rest):
+        if isinstance(item, Malformed):
+            return events, False
+        events.append(item)
+    return events, True

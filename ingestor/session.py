@@ -21,13 +21,29 @@ import requests
 
 from ingestor.falcon_api import AppIdHeld, FalconApiError, FalconClient, FeedSession
 from ingestor.metrics import IngestorMetrics
-from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_line
+from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_final_remainder, parse_line
 from ingestor.resume import ResumePoint
 from ingestor.sink import KafkaEventSink
 
 log = logging.getLogger(__name__)
 
 REFRESH_AT = 0.9
+
+
+def refresh_delays(feeds: list[FeedSession], now: float) -> tuple[float, float]:
+    """Seconds until the first refresh of a session, and between later ones (`now`: epoch seconds).
+
+    At 90 % of the shortest refreshActiveSessionInterval, whatever its value; the first one also at
+    90 % of the time left before the earliest sessionToken.expiration, when that is sooner.
+    """
+    every = min(f.refresh_interval_s for f in feeds) * REFRESH_AT
+    first = every
+    for feed in feeds:
+        if feed.expiration is not None:
+            left = feed.expiration.timestamp() - now
+            if left > 0:
+                first = min(first, left * REFRESH_AT)
+    return first, every
 
 
 class Backoff:
@@ -152,8 +168,14 @@ class FeedReader(threading.Thread):
                     return
             if self._closing.is_set():
                 return  # the end was ours (teardown), not the server's
-            if splitter.pending().strip():
-                log.info("feed %s: stream ended inside a line; it is read again on reconnect", feed)
+            rest = splitter.pending()
+            if rest.strip():
+                # A clean end may come right after a complete last event with no newline of its own.
+                events, whole = parse_final_remainder(rest)
+                for event in events:
+                    self._handle(feed, event)
+                if not whole:
+                    log.info("feed %s: stream ended inside a line; it is read again on reconnect", feed)
             self._publish_progress()
             self._on_end(feed, "stream-end", "the server closed the stream", None)
         except _Abandoned:
@@ -327,8 +349,8 @@ class StreamSupervisor(threading.Thread):
             reader.start()
         self.connected = True
         self._metrics.connected.set(len(self._readers))
-        interval = min(f.refresh_interval_s for f in feeds)
-        next_refresh = time.monotonic() + interval * REFRESH_AT
+        first, every = refresh_delays(feeds, time.time())
+        next_refresh = time.monotonic() + first
         while not self._stopping.is_set():
             if self._ended.wait(timeout=max(0.0, min(1.0, next_refresh - time.monotonic()))):
                 if self._end is None:
@@ -341,8 +363,8 @@ class StreamSupervisor(threading.Thread):
                     except Exception as exc:
                         cause, retry_after = _cause_of(exc)
                         raise SessionEnded(cause, f"feed {session.feed}: {exc}", retry_after) from None
-                log.info("refreshed %d stream session(s); next in %.0fs", len(feeds), interval * REFRESH_AT)
-                next_refresh = time.monotonic() + interval * REFRESH_AT
+                log.info("refreshed %d stream session(s); next in %.0fs", len(feeds), every)
+                next_refresh = time.monotonic() + every
 
     def _teardown(self) -> None:
         self.connected = False

@@ -6,6 +6,7 @@ so nothing is ever dropped and memory stays bounded by the producer's queue limi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -52,6 +53,8 @@ class KafkaEventSink:
         self._partitions = partitions
         self._metrics = metrics
         self._stop = stop
+        self._partitions_header = b"%d" % partitions
+        self.dlq_value_limit = DLQ_VALUE_LIMIT
         self._partition_of: dict[str, int] = {}
         self._feed_header: dict[str, bytes] = {}
         self._callbacks: dict[tuple[str, str], Callable[[KafkaError | None, Message], None]] = {}
@@ -97,6 +100,7 @@ class KafkaEventSink:
         ]
         if event.created_ms is not None:
             headers.append((headers_.CREATED_MS, b"%d" % event.created_ms))
+        headers.append((headers_.PARTITIONS, self._partitions_header))
         return headers
 
     def _feed_bytes(self, feed: str) -> bytes:
@@ -163,10 +167,10 @@ class KafkaEventSink:
                     return False
                 break
             except KafkaException as exc:
-                if not _too_large(exc) or len(value) <= DLQ_VALUE_LIMIT:
+                if not _too_large(exc) or len(value) <= self.dlq_value_limit:
                     raise
-                message = f"{bad.reason}; value cut to its first {DLQ_VALUE_LIMIT} of {len(bad.raw)} bytes"
-                value = bad.raw[:DLQ_VALUE_LIMIT]
+                message = f"{bad.reason}; value cut to its first {self.dlq_value_limit} of {len(bad.raw)} bytes"
+                value = bad.raw[: self.dlq_value_limit]
         # The DLQ is another partition: without this wait the events after the line could reach
         # Kafka first, and a kill -9 then would resume past a line the DLQ never got. Such lines are rare.
         while not done.is_set():
@@ -174,7 +178,7 @@ class KafkaEventSink:
                 raise ProducerFailed(self.fatal.str())
             if abandon is not None and abandon.is_set():
                 return False
-            self._producer.poll(0.05)
+            self.poll(0.05)
         return True
 
     def _produce(
@@ -200,7 +204,29 @@ class KafkaEventSink:
                 # The local queue is full (slow or absent broker): wait, never drop.
                 if abandon is not None and abandon.is_set():
                     return False
-                self._producer.poll(0.1)
+                self.poll(0.1)
+
+    def poll(self, timeout: float) -> None:
+        """Serve delivery reports. The producer raises its fatal error from poll(): it stops the ingestor."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError):
+                raise
+            self._failed(err)
+
+    def discard_unsent(self) -> int:
+        """After a fatal error: drop what is queued instead of delivering it; how many were dropped.
+
+        Delivering the records queued after a failed one would leave a gap below them, and the next
+        start would resume past it (with enable.gapless.guarantee the producer fails them anyway).
+        """
+        queued = len(self._producer)
+        with contextlib.suppress(KafkaException):  # a producer in its fatal state may refuse even this
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+        self.poll(0)  # serve the purged records' delivery reports
+        return queued
 
     def _failed(self, err: KafkaError) -> None:
         if err.fatal() or not err.retriable():

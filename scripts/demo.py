@@ -167,8 +167,8 @@ def cloudtrail_client(url: str) -> Any:
         "cloudtrail",
         endpoint_url=url,
         region_name="us-east-1",
-        aws_access_key_id="demo",
-        aws_secret_access_key="demo-secret-key",
+        aws_access_key_id="testing",  # the documented local test pair the emulator verifies
+        aws_secret_access_key="testing",
     )
 
 
@@ -302,8 +302,9 @@ def run(total: int, feeds: int, rate: int, quiet: bool, stack: ExitStack, work: 
         **env,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_TOPIC": f"demo.events.{int(time.time())}",
-        "AWS_ACCESS_KEY_ID": "demo",
-        "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
+        # The documented local test credentials: moto accepts any, the CloudTrail emulator verifies these.
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL_SSM": f"http://127.0.0.1:{moto_port}",
         "SSM_REGION": "us-east-1",

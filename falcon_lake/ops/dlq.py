@@ -25,15 +25,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from falcon_lake import headers as headers_
 from falcon_lake.dead_letter import DeadLetter, read_dead_letter
-from falcon_lake.headers import as_bytes_pairs
+from falcon_lake.headers import REDRIVEN_FROM, as_bytes_pairs
 from falcon_lake.ops import command as ops_cli
 from falcon_lake.ops.command import KafkaOps, OpsError, Watermarks
 from falcon_lake.partitioner import partition_for
 from falcon_lake.settings import KafkaSettings
 
 PROG = "falcon-lake dlq"
-REDRIVEN_FROM = "falcon.redriven_from"
 METADATA_PREFIX = "falcon-lake-redrive/1 done="
 # Kafka keeps at most offset.metadata.max.bytes (default 4096) of commit metadata.
 METADATA_LIMIT = 3500
@@ -168,9 +168,19 @@ class Selector:
         return self.code is None or self.code.lower() == dead.code.lower()
 
 
-def redrive_headers(headers: Any, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """The original falcon.* headers (dlq.* dropped) plus falcon.redriven_from = partition:offset."""
-    kept = [(k, v) for k, v in as_bytes_pairs(headers) if k.startswith("falcon.") and k != REDRIVEN_FROM]
+def redrive_headers(
+    headers: Any, partition: int, offset: int, topic_partitions: int | None = None
+) -> list[tuple[str, bytes]]:
+    """The original falcon.* headers (dlq.* dropped) plus falcon.redriven_from = partition:offset.
+
+    The ingestor's resume ignores records with falcon.redriven_from (their falcon.offset is old), while
+    publishers deliver them like any other. `topic_partitions`: the count the record's partition was chosen
+    with, written as falcon.partitions in place of the original's.
+    """
+    replaced = (REDRIVEN_FROM, headers_.PARTITIONS) if topic_partitions is not None else (REDRIVEN_FROM,)
+    kept = [(k, v) for k, v in as_bytes_pairs(headers) if k.startswith("falcon.") and k not in replaced]
+    if topic_partitions is not None:
+        kept.append((headers_.PARTITIONS, b"%d" % topic_partitions))
     return [*kept, (REDRIVEN_FROM, f"{partition}:{offset}".encode())]
 
 
@@ -491,7 +501,9 @@ def _produce(ops: KafkaOps, topic: str, partitions: int, records: Sequence[DlqRe
         kwargs: dict[str, Any] = {
             "key": key,
             "value": record.value,
-            "headers": redrive_headers(record.headers, record.partition, record.offset),
+            "headers": redrive_headers(
+                record.headers, record.partition, record.offset, partitions if key is not None else None
+            ),
             "on_delivery": delivered,
         }
         if key is not None:

@@ -12,11 +12,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import boto3
+import botocore.auth
 import pytest
 import requests
 from botocore.auth import SigV4Auth
@@ -25,7 +27,13 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from emulators.cloudtrail import DEFAULT_CHANNEL_ARN, ChannelConfig, CloudTrailEmulator, CloudTrailEmulatorConfig
+from emulators.cloudtrail import (
+    DEFAULT_CHANNEL_ARN,
+    ChannelConfig,
+    CloudTrailEmulator,
+    CloudTrailEmulatorConfig,
+    RequestError,
+)
 from emulators.cloudtrail_validation import event_data_checksum
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,12 +92,20 @@ def emulator(make_emulator: MakeEmulator) -> CloudTrailEmulator:
     return make_emulator()
 
 
-def client_for(emulator: CloudTrailEmulator, attempts: int = 1, secret: str = "x", **config: Any) -> Any:
+def client_for(
+    emulator: CloudTrailEmulator,
+    attempts: int = 1,
+    secret: str = "testing",
+    region: str = "us-east-1",
+    access_key: str = "testing",
+    **config: Any,
+) -> Any:
+    """A boto3 cloudtrail-data client of the emulator, signing with the documented local test keys by default."""
     return boto3.client(
         "cloudtrail-data",
         endpoint_url=emulator.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
+        region_name=region,
+        aws_access_key_id=access_key,
         aws_secret_access_key=secret,
         # total_max_attempts counts the first try; botocore's max_attempts counts only retries.
         config=Config(retries={"mode": "standard", "total_max_attempts": attempts}, **config),
@@ -252,7 +268,7 @@ def test_each_invalid_event_fails_alone_with_its_code(emulator: CloudTrailEmulat
 def test_recipient_follows_the_channel_account(make_emulator: MakeEmulator) -> None:
     arn = "arn:aws:cloudtrail:eu-west-1:210987654321:channel/eu"
     emulator = make_emulator(channels=(ChannelConfig(arn),))
-    client = client_for(emulator)
+    client = client_for(emulator, region="eu-west-1")  # the emulator serves its channel's region
     answer = client.put_audit_events(
         auditEvents=[audit_event(1), audit_event(2, recipientAccountId="210987654321")], channelArn=arn
     )
@@ -386,7 +402,7 @@ def test_requests_beyond_the_tps_quota_are_throttled(make_emulator: MakeEmulator
             outcomes.append("ok")
         except ClientError as exc:
             outcomes.append(exc.response["Error"]["Code"])
-            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 400  # as AWS's common errors
     assert outcomes[:2] == ["ok", "ok"]
     assert outcomes.count("ThrottlingException") >= 4
     stats = emulator.stats()
@@ -467,7 +483,7 @@ def signed_post(emulator: CloudTrailEmulator, service: str) -> requests.Response
     url = f"{emulator.url}/PutAuditEvents?channelArn={quote(DEFAULT_CHANNEL_ARN, safe='')}"
     body = json.dumps({"auditEvents": [audit_event()]}).encode()
     request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
-    SigV4Auth(Credentials("x", "x"), service, "us-east-1").add_auth(request)
+    SigV4Auth(Credentials("testing", "testing"), service, "us-east-1").add_auth(request)
     return requests.post(url, data=body, headers=dict(request.headers.items()), timeout=5)
 
 
@@ -489,25 +505,89 @@ def test_garbled_authorization_is_an_incomplete_signature(emulator: CloudTrailEm
     assert answer.headers["X-Amzn-ErrorType"] == "IncompleteSignatureException"
 
 
-def test_signatures_are_verified_when_a_secret_is_configured(make_emulator: MakeEmulator) -> None:
-    emulator = make_emulator(access_key="x", secret_key="right")
+def test_the_documented_test_credentials_pass_and_a_wrong_secret_or_unknown_key_is_refused(
+    emulator: CloudTrailEmulator,
+) -> None:
     entries = [audit_event()]
-    good = client_for(emulator, secret="right")
+    good = client_for(emulator)  # testing/testing, as moto's docs and the README
     assert good.put_audit_events(auditEvents=entries, channelArn=DEFAULT_CHANNEL_ARN, externalId="a b/c")["successful"]
     with pytest.raises(ClientError) as excinfo:
         client_for(emulator, secret="wrong").put_audit_events(auditEvents=entries, channelArn=DEFAULT_CHANNEL_ARN)
     assert error_of(excinfo) == ("InvalidSignatureException", 403)
-    stranger = boto3.client(
-        "cloudtrail-data",
-        endpoint_url=emulator.url,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDOTHER",
-        aws_secret_access_key="right",
-        config=Config(retries={"total_max_attempts": 1}),
-    )
+    assert "signature we calculated does not match" in str(excinfo.value)
     with pytest.raises(ClientError) as excinfo:
-        stranger.put_audit_events(auditEvents=entries, channelArn=DEFAULT_CHANNEL_ARN)
+        client_for(emulator, access_key="AKIDOTHER").put_audit_events(
+            auditEvents=entries, channelArn=DEFAULT_CHANNEL_ARN
+        )
     assert error_of(excinfo) == ("UnrecognizedClientException", 403)
+    assert emulator.store.count() == 1
+
+
+def test_a_secret_of_ones_own_is_verified(make_emulator: MakeEmulator) -> None:
+    emulator = make_emulator(access_key="x", secret_key="right")
+    entries = [audit_event()]
+    assert client_for(emulator, access_key="x", secret="right").put_audit_events(
+        auditEvents=entries, channelArn=DEFAULT_CHANNEL_ARN
+    )["successful"]
+    with pytest.raises(ClientError) as excinfo:
+        client_for(emulator).put_audit_events(auditEvents=entries, channelArn=DEFAULT_CHANNEL_ARN)
+    assert error_of(excinfo) == ("UnrecognizedClientException", 403)
+
+
+@pytest.mark.parametrize(
+    ("minutes", "refusal"),
+    [(-20, "Signature expired: "), (20, "Signature not yet current: "), (-120, "Signature expired: "), (10, None)],
+)
+def test_a_request_signed_more_than_15_minutes_off_the_clock_is_refused(
+    emulator: CloudTrailEmulator, monkeypatch: pytest.MonkeyPatch, minutes: int, refusal: str | None
+) -> None:
+    signed_at = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=minutes)
+    # botocore signs with this clock (SigV4Auth.add_auth): a client whose clock is that far off.
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: signed_at)
+    client = client_for(emulator)
+    if refusal is None:
+        assert client.put_audit_events(auditEvents=[audit_event()], channelArn=DEFAULT_CHANNEL_ARN)["successful"]
+        return
+    with pytest.raises(ClientError) as excinfo:
+        client.put_audit_events(auditEvents=[audit_event()], channelArn=DEFAULT_CHANNEL_ARN)
+    assert error_of(excinfo) == ("InvalidSignatureException", 403)
+    message = excinfo.value.response["Error"]["Message"]
+    assert message.startswith(refusal + signed_at.strftime("%Y%m%dT%H%M%SZ")), message
+    assert emulator.store.count() == 0
+
+
+def test_a_credential_scoped_to_another_region_is_refused(emulator: CloudTrailEmulator) -> None:
+    with pytest.raises(ClientError) as excinfo:
+        client_for(emulator, region="eu-west-1").put_audit_events(
+            auditEvents=[audit_event()], channelArn=DEFAULT_CHANNEL_ARN
+        )
+    assert error_of(excinfo) == ("InvalidSignatureException", 403)
+    assert "Credential should be scoped to a valid region, not 'eu-west-1'" in str(excinfo.value)
+
+
+def test_accept_any_signature_takes_any_key_secret_clock_and_region(
+    make_emulator: MakeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator = make_emulator(accept_any_signature=True)
+    signed_at = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=2)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: signed_at)
+    client = client_for(emulator, access_key="anything", secret="else", region="ap-south-1")
+    assert client.put_audit_events(auditEvents=[audit_event()], channelArn=DEFAULT_CHANNEL_ARN)["successful"]
+    assert signed_post(emulator, "cloudtrail").status_code == 403  # still for the right service only
+
+
+def test_the_signature_check_takes_the_signing_service_of_the_operation(emulator: CloudTrailEmulator) -> None:
+    """One check for both APIs: `cloudtrail-data` (PutAuditEvents) and `cloudtrail` (the Lake query API)."""
+    body = b'{"QueryStatement": "SELECT 1"}'
+    request = AWSRequest(method="POST", url=f"{emulator.url}/", data=body, headers={"X-Amz-Target": "x"})
+    SigV4Auth(Credentials("testing", "testing"), "cloudtrail", "us-east-1").add_auth(request)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers["host"] = f"127.0.0.1:{emulator.port}"  # signed by botocore, sent by the HTTP client
+    emulator._authenticate("POST", "/", headers, body, service="cloudtrail")  # accepted
+    with pytest.raises(RequestError, match="scoped to correct service: 'cloudtrail-data'"):
+        emulator._authenticate("POST", "/", headers, body)
+    with pytest.raises(RequestError, match="does not match"):
+        emulator._authenticate("POST", "/", headers, body + b" ", service="cloudtrail")
 
 
 # ---- stats, events, reset ------------------------------------------------------------
@@ -606,8 +686,8 @@ def test_cli_serves_until_sigterm_and_lake_query_reads_the_db(tmp_path: Path) ->
             "cloudtrail-data",
             endpoint_url=url,
             region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
         )
         answer = client.put_audit_events(auditEvents=audit_events(3), channelArn=OTHER_CHANNEL, externalId="ext-1")
         assert len(answer["successful"]) == 3

@@ -224,6 +224,7 @@ def test_redrive_round_trip(scene: Scene, cli: Cli) -> None:
         assert msg.partition() == partition_for(feed, 3)  # the ingestor's partition for the feed
         assert msg.headers() == [
             *_original_headers(feed, offset),
+            ("falcon.partitions", b"3"),  # the count the redrive chose the partition with
             ("falcon.redriven_from", _dlq_position(index).encode()),
         ]
 
@@ -245,7 +246,11 @@ def test_redrive_round_trip(scene: Scene, cli: Cli) -> None:
     got = read_topic(scene.bootstrap, scene.topic)
     assert sorted(m.value() or b"" for m in got) == sorted(_value(i) for i in range(len(DEAD)))
     undecodable = next(m for m in got if m.value() == _value(3))
-    assert undecodable.headers() == [("falcon.feed", b"0"), ("falcon.redriven_from", _dlq_position(3).encode())]
+    assert undecodable.headers() == [
+        ("falcon.feed", b"0"),
+        ("falcon.partitions", b"3"),
+        ("falcon.redriven_from", _dlq_position(3).encode()),
+    ]
 
 
 def test_redrive_without_a_dlq_topic_has_nothing_to_do(scene: Scene, cli: Cli) -> None:

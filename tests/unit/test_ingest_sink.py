@@ -82,6 +82,7 @@ def test_an_event_goes_to_its_feeds_partition_keyed_by_feed_with_exact_bytes_and
         ("falcon.event_type", b"AuthActivityAuditEvent"),
         ("falcon.cid", b"0123456789abcdef0123456789abcdef"),
         ("falcon.created_ms", b"1732608000123"),
+        ("falcon.partitions", b"6"),  # what resume checks the topic's partition count against
     ]
     sink.send("7", event(43, created=None))
     assert [name for name, _ in producer.produced[1]["headers"]] == [
@@ -89,6 +90,7 @@ def test_an_event_goes_to_its_feeds_partition_keyed_by_feed_with_exact_bytes_and
         "falcon.offset",
         "falcon.event_type",
         "falcon.cid",
+        "falcon.partitions",
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from falcon_lake.partitioner import murmur2, partition_for
-from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_line
+from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_final_remainder, parse_line
 from ingestor.session import Backoff
 
 
@@ -57,6 +57,16 @@ def test_objects_without_newline_between_them() -> None:
     parsed = parse_stream([event(1) + event(2) + b" " + event(3) + b"\n"])
     assert [p.offset for p in parsed if isinstance(p, FalconEvent)] == [1, 2, 3]
     assert [p.raw for p in parsed if isinstance(p, FalconEvent)] == [event(1), event(2), event(3)]
+
+
+def test_the_remainder_of_a_clean_end_yields_its_complete_events_and_says_whether_it_was_whole() -> None:
+    assert parse_final_remainder(event(9)) == ([parse_line(event(9))[0]], True)  # type: ignore[list-item]
+    events, whole = parse_final_remainder(b"  " + event(9) + event(10) + b"\r")
+    assert [e.offset for e in events] == [9, 10] and whole
+    events, whole = parse_final_remainder(event(9) + event(10)[:-1])
+    assert [e.offset for e in events] == [9] and not whole
+    assert parse_final_remainder(event(9)[:25]) == ([], False)
+    assert parse_final_remainder(b"12") == ([], False)  # JSON, but no event: read again, never dropped
 
 
 def test_malformed_lines_have_reasons_and_do_not_stop_the_stream() -> None:
