@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import requests
 
+from falcon_lake.backoff import Backoff
 from ingestor.falcon_api import AppIdHeld, FalconApiError, FalconClient, FeedSession
 from ingestor.metrics import IngestorMetrics
 from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_final_remainder, parse_line
@@ -44,24 +44,6 @@ def refresh_delays(feeds: list[FeedSession], now: float) -> tuple[float, float]:
             if left > 0:
                 first = min(first, left * REFRESH_AT)
     return first, every
-
-
-class Backoff:
-    """Exponential backoff with full jitter; a server's Retry-After is a floor."""
-
-    def __init__(self, base_s: float = 1.0, cap_s: float = 60.0, rng: random.Random | None = None) -> None:
-        self.base_s, self.cap_s = base_s, cap_s
-        self._attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2**self._attempt)
-        self._attempt = min(self._attempt + 1, 16)
-        delay = self._rng.uniform(ceiling / 2, ceiling)
-        return max(delay, retry_after or 0.0)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class _Abandoned(Exception):

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import requests
 
+from falcon_lake.backoff import Backoff
 from falcon_lake.settings import Secret
 from ingestor.falcon_api import AppIdHeld, FalconApiError, FeedSession
 from ingestor.metrics import IngestorMetrics
 from ingestor.ndjson import FalconEvent, Malformed
 from ingestor.resume import ResumePoint
-from ingestor.session import Backoff, FeedReader, StreamSupervisor
+from ingestor.session import FeedReader, StreamSupervisor
 
 
 def line(offset: int, event_type: str = "AuthActivityAuditEvent") -> bytes:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from falcon_lake.backoff import Backoff
 from falcon_lake.partitioner import murmur2, partition_for
 from ingestor.ndjson import FalconEvent, LineSplitter, Malformed, parse_final_remainder, parse_line
-from ingestor.session import Backoff
 
 
 def event(offset: int, **extra: object) -> bytes:
