@@ -148,6 +148,28 @@ class SsmOffsetStore:
         with self._write_lock:
             return self._flush(force)
 
+    def settled(self) -> bool:
+        """Every offset handed to `advance` is stored (as far as this writer knows)."""
+        with self._lock:
+            return all(self._written.get(f, -1) >= o for f, o in self._pending.items())
+
+    def flush_before_exit(self, timeout_s: float) -> bool:
+        """Write what is pending now, retrying transient SSM errors with backoff for up to
+        `timeout_s` (a revocation or shutdown is the last chance this writer has). Returns
+        whether everything is stored."""
+        deadline = self._clock() + timeout_s
+        attempt = 0
+        while True:
+            self.flush(force=True)
+            if self.settled():
+                return True
+            delay = backoff_delay(attempt, 0.2, 2.0)
+            if self._clock() + delay > deadline:
+                log.warning("SSM %s: the last offsets could not be written; the next writer catches up", self.parameter)
+                return False
+            time.sleep(delay)
+            attempt += 1
+
     def _flush(self, force: bool) -> bool:
         if not force and not self.due():
             return False

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # Records read (and converted) together: small enough that a chunk is converted in a few ms.
 CONSUME_CHUNK = 250
 SUMMARY_EVERY_S = 30.0
+# At revocation and shutdown the SSM write is retried this long (a transient SSM error must not
+# leave the parameter behind what Kafka has committed).
+SSM_LAST_WRITE_S = 5.0
 # How long consume() may block while requests are out: a finished request waits at most this
 # long for its partition's next batch.
 BUSY_WAIT_S = 0.005
@@ -460,7 +463,7 @@ class PublisherLoop:
                 if tp.error is None and tp.topic == topic:
                     self._acknowledged(tp.partition, tp.offset)
         if self.store is not None:
-            self.store.flush(force=True)
+            self.store.flush_before_exit(SSM_LAST_WRITE_S)
 
     def _step(self) -> None:
         """One turn of the loop: read, convert, batch, send, collect results, commit."""

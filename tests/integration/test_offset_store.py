@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from falcon_lake.offset_store import OffsetStoreError, SsmOffsetStore
 
@@ -135,3 +136,38 @@ def test_a_write_that_is_overwritten_at_once_is_repaired_by_its_read_back(
     store.advance({"0": 7})
     assert store.flush(force=True)
     assert store.read() == {"0": 7} and store.writes == 2 and store.repairs == 1
+
+
+class ThrottledSsm:
+    """An SSM client whose first `failures` writes are throttled, as SSM answers a burst of writers."""
+
+    def __init__(self, ssm: Any, failures: int) -> None:
+        self._ssm = ssm
+        self.failures = failures
+
+    def get_parameter(self, **kwargs: Any) -> Any:
+        return self._ssm.get_parameter(**kwargs)
+
+    def put_parameter(self, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            error = {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}
+            raise ClientError(error, "PutParameter")
+        return self._ssm.put_parameter(**kwargs)
+
+
+def test_the_last_write_before_exit_is_retried_through_throttling(
+    moto_endpoint: str, unique_name: Callable[[str], str]
+) -> None:
+    ssm = _ssm(moto_endpoint)
+    name = unique_name("offsets")
+    store = SsmOffsetStore(ThrottledSsm(ssm, failures=2), name)
+    store.advance({"0": 41, "1": 7})
+    assert not store.flush(force=True), "a throttled write is deferred, not lost"
+    assert store.flush_before_exit(timeout_s=10)
+    assert store.read() == {"0": 41, "1": 7}
+
+    stuck = SsmOffsetStore(ThrottledSsm(ssm, failures=1000), name)
+    stuck.advance({"0": 99})
+    assert not stuck.flush_before_exit(timeout_s=0.5), "gives up within its budget and says so"
+    assert stuck.read() == {"0": 41, "1": 7}
