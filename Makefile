@@ -7,7 +7,7 @@ KAFKA_PORT ?= 9092
 MOTO_PORT ?= 4566
 # Test processes run side by side (pytest-xdist): most of a test waits on a broker or a child
 # process, so more workers than cores pays. TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 export KAFKA_PORT MOTO_PORT
 
 .PHONY: help venv demo test test-unit test-integration test-faults lint bench bench-record kafka-up kafka-down moto-up moto-down clean

@@ -26,6 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from falcon_lake.backoff import backoff_delay
+from falcon_lake.settings import PublisherSettings
 from publisher.batch import AuditEventBatch, BatchEntry, retry_batch
 from publisher.flow import Outcome
 from publisher.rate_limit import AdaptiveRateLimiter
@@ -299,3 +300,8 @@ class CloudTrailSender:
 
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def delivery_workers(settings: PublisherSettings) -> int:
+    """Sender threads: enough for every request that may be in flight, within reason."""
+    return min(64, max(4, settings.max_in_flight_per_partition * settings.kafka.topic_partitions))

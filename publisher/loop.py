@@ -25,7 +25,7 @@ from falcon_lake.headers import CREATED_MS, EVENT_TYPE, FEED, OFFSET, as_bytes_p
 from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.settings import PublisherSettings
 from publisher.batch import BatchEntry
-from publisher.cloudtrail import Abandoned, ChannelHealth, CloudTrailSender, DeliveryResult
+from publisher.cloudtrail import Abandoned, ChannelHealth, CloudTrailSender, DeliveryResult, delivery_workers
 from publisher.conversion import AUDIT_EVENT, FILTERED, Conversions, Converted
 from publisher.convert import Converter
 from publisher.filter import EventFilter, Filtered
@@ -556,8 +556,3 @@ class PublisherLoop:
             log.warning("%d records were not finished by the deadline; they are re-sent after restart", left)
         log.info("stopped: %s", self.counts)
         return 0
-
-
-def delivery_workers(settings: PublisherSettings) -> int:
-    """Sender threads: enough for every request that may be in flight, within reason."""
-    return min(64, max(4, settings.max_in_flight_per_partition * settings.kafka.topic_partitions))

@@ -19,12 +19,12 @@ from falcon_lake.logs import secrets_to_redact, setup_logging
 from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.ops_server import OpsServer
 from falcon_lake.settings import PublisherSettings, SettingsError, load_publisher
-from publisher.cloudtrail import ChannelHealth, CloudTrailSender
+from publisher.cloudtrail import ChannelHealth, CloudTrailSender, delivery_workers
 from publisher.conversion import Conversions
 from publisher.convert import Converter
 from publisher.filter import EventFilter
 from publisher.group_lag import GroupLag
-from publisher.loop import PublisherLoop, delivery_workers
+from publisher.loop import PublisherLoop
 from publisher.metrics import PublisherMetrics
 from publisher.rate_limit import AdaptiveRateLimiter
 

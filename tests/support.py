@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -10,12 +11,27 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
+# Servers of the tests listen below Linux's ephemeral range (32768-60999 by default): a port
+# from that range, once its server stops (a broker restarted by a fault test), can be taken as
+# the source port of any outgoing connection of a parallel test, and the restart cannot bind.
+_LISTEN_PORTS = (20000, 32000)
+_PORT_CHOICE = random.Random()  # its own: test libraries may seed the global one
+
 
 def free_port() -> int:
+    """A loopback port nothing listens on now, outside the range the kernel picks source ports from."""
+    for _ in range(200):
+        port = _PORT_CHOICE.randrange(*_LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:

@@ -194,6 +194,12 @@ class Watermarks:
         return max(0, self.high - self.low)
 
 
+# A group coordinator that is loading or moving: the same request succeeds a moment later.
+COORDINATOR_BUSY = frozenset(
+    {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR}
+)
+
+
 class KafkaOps:
     """The Kafka look-ups of the operator commands, each bounded by REQUEST_TIMEOUT_S.
 
@@ -314,10 +320,26 @@ class KafkaOps:
         return {tp.partition: int(self._result(f, f"list offsets of {topic}").offset) for tp, f in futures.items()}
 
     def committed(self, group: str, topic: str, partitions: Sequence[int]) -> dict[int, TopicPartition]:
-        """The group's committed position per partition (offset < 0: nothing committed)."""
+        """The group's committed position per partition (offset < 0: nothing committed).
+
+        A group coordinator that is still loading (a broker just started or moved the group)
+        answers with a retriable error: asked again until REQUEST_TIMEOUT_S has passed."""
         request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
-        futures = self.admin.list_consumer_group_offsets([request], request_timeout=REQUEST_TIMEOUT_S)
-        result = self._result(futures[group], f"read the committed offsets of group {group!r}")
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while True:
+            futures = self.admin.list_consumer_group_offsets([request], request_timeout=REQUEST_TIMEOUT_S)
+            try:
+                result = futures[group].result(timeout=REQUEST_TIMEOUT_S + 5)
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                passing = isinstance(error, KafkaError) and (error.retriable() or error.code() in COORDINATOR_BUSY)
+                if not passing or time.monotonic() > deadline:
+                    result = self._result(futures[group], f"read the committed offsets of group {group!r}")
+                    break
+                time.sleep(0.2)
+            except TimeoutError:
+                raise self.unreachable(f"read the committed offsets of group {group!r}") from None
         return {tp.partition: tp for tp in result.topic_partitions or []}
 
     def group(self, group: str) -> GroupInfo:
