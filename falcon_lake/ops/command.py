@@ -322,25 +322,33 @@ class KafkaOps:
     def committed(self, group: str, topic: str, partitions: Sequence[int]) -> dict[int, TopicPartition]:
         """The group's committed position per partition (offset < 0: nothing committed).
 
-        A group coordinator that is still loading (a broker just started or moved the group)
-        answers with a retriable error: asked again until REQUEST_TIMEOUT_S has passed."""
-        request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+        Read with a consumer of the group that never joins it, not with the AdminClient: the
+        AdminClient's ListConsumerGroupOffsets crashes librdkafka (SIGSEGV in
+        rd_kafka_cgrp_op from rd_kafka_handle_OffsetFetch, librdkafka 2.x) when the group
+        coordinator answers "load in progress", as a broker does right after it starts; the
+        consumer's own offset fetch retries that answer as it should."""
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        consumer = self.consumer(group)
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        while True:
-            futures = self.admin.list_consumer_group_offsets([request], request_timeout=REQUEST_TIMEOUT_S)
-            try:
-                result = futures[group].result(timeout=REQUEST_TIMEOUT_S + 5)
-                break
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                passing = isinstance(error, KafkaError) and (error.retriable() or error.code() in COORDINATOR_BUSY)
-                if not passing or time.monotonic() > deadline:
-                    result = self._result(futures[group], f"read the committed offsets of group {group!r}")
+        try:
+            while True:
+                try:
+                    found = consumer.committed(wanted, timeout=REQUEST_TIMEOUT_S)
                     break
-                time.sleep(0.2)
-            except TimeoutError:
-                raise self.unreachable(f"read the committed offsets of group {group!r}") from None
-        return {tp.partition: tp for tp in result.topic_partitions or []}
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args else None
+                    code = error.code() if isinstance(error, KafkaError) else None
+                    if code in COORDINATOR_BUSY and time.monotonic() < deadline:
+                        time.sleep(0.2)  # a coordinator loading or moving answers again a moment later
+                        continue
+                    if code in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
+                        raise self.unreachable(f"read the committed offsets of group {group!r}") from None
+                    raise OpsError(
+                        f"cannot read the committed offsets of group {group!r}: {kafka_error_text(exc)}"
+                    ) from None
+        finally:
+            consumer.close()
+        return {tp.partition: tp for tp in found}
 
     def group(self, group: str) -> GroupInfo:
         futures = self.admin.describe_consumer_groups([group], request_timeout=REQUEST_TIMEOUT_S)
