@@ -194,6 +194,16 @@ class Watermarks:
         return max(0, self.high - self.low)
 
 
+# Errors that mean the brokers did not answer (as opposed to answering with a refusal).
+UNREACHABLE = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._SSL,
+        KafkaError._AUTHENTICATION,
+    }
+)
 # A group coordinator that is loading or moving: the same request succeeds a moment later.
 COORDINATOR_BUSY = frozenset(
     {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR}
@@ -269,18 +279,17 @@ class KafkaOps:
         try:
             return future.result(timeout=REQUEST_TIMEOUT_S + 5)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and error.code() in (
-                KafkaError._TRANSPORT,
-                KafkaError._TIMED_OUT,
-                KafkaError._ALL_BROKERS_DOWN,
-                KafkaError._SSL,
-                KafkaError._AUTHENTICATION,
-            ):
-                raise self.unreachable(what) from None
-            raise OpsError(f"cannot {what}: {kafka_error_text(exc)}") from None
+            raise self._failure(exc, what) from None
         except TimeoutError:
             raise self.unreachable(what) from None
+
+    def _failure(self, exc: KafkaException, what: str) -> OpsError:
+        """The one-line error for a failed look-up: "cannot reach Kafka" when the brokers did not
+        answer (transport, time-out, TLS, authentication), else the broker's own reason."""
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() in UNREACHABLE:
+            return self.unreachable(what)
+        return OpsError(f"cannot {what}: {kafka_error_text(exc)}")
 
     def topics(self) -> dict[str, int]:
         """Every topic's partition count; raises OpsError when the brokers do not answer."""
@@ -341,11 +350,7 @@ class KafkaOps:
                     if code in COORDINATOR_BUSY and time.monotonic() < deadline:
                         time.sleep(0.2)  # a coordinator loading or moving answers again a moment later
                         continue
-                    if code in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
-                        raise self.unreachable(f"read the committed offsets of group {group!r}") from None
-                    raise OpsError(
-                        f"cannot read the committed offsets of group {group!r}: {kafka_error_text(exc)}"
-                    ) from None
+                    raise self._failure(exc, f"read the committed offsets of group {group!r}") from None
         finally:
             consumer.close()
         return {tp.partition: tp for tp in found}
