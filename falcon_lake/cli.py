@@ -8,10 +8,7 @@ cannot stop the others.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -37,8 +34,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "dlq": Subcommand("falcon_lake.ops.dlq", "list or redrive dead-lettered events"),
     "audit": Subcommand("falcon_lake.ops.audit", "report the fate of every Falcon offset"),
 }
-# Commands that do one job and end: they leave without interpreter finalization (see entry_point).
-ONE_SHOT_COMMANDS = frozenset({"convert", "lake", "replay", "status", "dlq", "audit"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,26 +70,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-def _exit_without_finalizers(code: int) -> None:
-    """End a one-shot command at once, its output flushed. Interpreter shutdown would garbage-
-    collect Kafka clients whose librdkafka threads may still call back into Python, which can
-    crash the process after its work is done (seen as a rare SIGSEGV of `status` under load)."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
-            stream.flush()
-    logging.shutdown()
-    os._exit(code)
-
-
-def entry_point() -> None:
-    """The `falcon-lake` console script: the long-running processes (ingest, publish, emulate)
-    exit normally; one-shot commands skip interpreter finalization."""
-    code = main()
-    argv = sys.argv[1:]
-    if argv and argv[0] in ONE_SHOT_COMMANDS:
-        _exit_without_finalizers(code)
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    entry_point()
+    sys.exit(main())
