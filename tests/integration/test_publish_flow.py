@@ -43,6 +43,17 @@ def duplicates_per_partition(rows: Counter[str]) -> dict[int, int]:
     return dict(duplicates)
 
 
+def everything_delivered(pipeline: Pipeline, expected: set[str], scenario: str) -> dict[int, int]:
+    """Wait until every expected event is stored and the group committed to the end; assert none is
+    missing and return the extra copies per partition (each test asserts its own bound on them)."""
+    rows = pipeline.wait_rows(expected, timeout=120)
+    pipeline.wait_committed_to_end(timeout=60)
+    assert set(rows) == expected, "every event delivered"
+    duplicates = duplicates_per_partition(rows)
+    print(f"{scenario}: duplicates per partition {duplicates}")
+    return duplicates
+
+
 def assigned_count(output: str) -> int:
     """Assignments that gave the publisher partitions (cooperative rebalances also assign none)."""
     return len(re.findall(r"assigned partitions \[\d", output))
@@ -79,11 +90,7 @@ def test_outage_then_a_member_joins_and_leaves_then_the_channel_returns_and_ever
     assert stored < len(expected)
 
     pipeline.emulator.set_channel_present(CHANNEL_ARN, True)
-    rows = pipeline.wait_rows(expected, timeout=120)
-    pipeline.wait_committed_to_end(timeout=60)
-    assert set(rows) == expected, "every event delivered"
-    duplicates = duplicates_per_partition(rows)
-    print(f"outage + join + leave: duplicates per partition {duplicates}")
+    duplicates = everything_delivered(pipeline, expected, "outage + join + leave")
     # No crash: handovers commit what was delivered; only requests abandoned at a revocation re-send.
     assert all(n <= IN_FLIGHT * BATCH for n in duplicates.values()), duplicates
     wait_for(lambda: pipeline.readyz(first) == 200, timeout=30, what="/readyz 200 again")
@@ -115,11 +122,7 @@ def test_three_publishers_drain_one_backlog_while_one_is_killed_one_leaves_and_o
     wait_for(lambda: len(pipeline.emulator.events()) >= len(expected) * 2 // 5, timeout=90, what="two fifths")
     assert b.terminate(timeout=30) == 0
     d = pipeline.start_publisher(**settings)
-    rows = pipeline.wait_rows(expected, timeout=120)
-    pipeline.wait_committed_to_end(timeout=60)
-    assert set(rows) == expected, "every event delivered"
-    duplicates = duplicates_per_partition(rows)
-    print(f"three publishers, kill/leave/join: duplicates per partition {duplicates}")
+    duplicates = everything_delivered(pipeline, expected, "three publishers, kill/leave/join")
     # One crash: at most the send window per partition; a clean leave and a join re-send nothing
     # beyond requests abandoned at a revocation (also within the window).
     assert all(n <= 2 * IN_FLIGHT * BATCH for n in duplicates.values()), duplicates
@@ -165,11 +168,7 @@ def test_a_broker_restart_during_a_drain_stops_sending_at_the_window_and_loses_n
     # acknowledged commit, then waits, instead of running through everything it holds.
     assert len(pipeline.emulator.events()) - stored <= PARTITIONS * IN_FLIGHT * BATCH
     private_kafka.start()
-    rows = pipeline.wait_rows(expected, timeout=120)
-    pipeline.wait_committed_to_end(timeout=60)
-    assert set(rows) == expected, "every event delivered"
-    duplicates = duplicates_per_partition(rows)
-    print(f"broker restart: duplicates per partition {duplicates}")
+    duplicates = everything_delivered(pipeline, expected, "broker restart")
     assert all(n <= IN_FLIGHT * BATCH for n in duplicates.values()), duplicates
     assert publisher.terminate() == 0
     assert pipeline.ssm_offsets() == last_offsets(records)
