@@ -34,6 +34,9 @@ from publisher.batch import AuditEventBatch, BatchEntry
 from publisher.offset_tracker import OffsetTracker
 
 
+ORPHAN_COMMITS_KEPT = 16  # per partition: unacknowledged commits of generations that left
+
+
 @dataclass(frozen=True)
 class FlowConfig:
     max_buffered: int = 5_000  # consumed records not yet finished, all partitions together
@@ -101,6 +104,10 @@ class FlowControl:
         self._idle_paused = False
         self.total_partitions = max(1, total_partitions)
         self._backlog: set[int] | None = None  # partitions of the topic with records not committed by the group
+        # Feed offsets of commits asked for by a generation that has since left: their
+        # acknowledgement may still arrive (an async commit in flight at a revocation, or at a
+        # loss during a broker restart), and SSM must still learn what the broker stored.
+        self._orphan_feeds: dict[int, list[tuple[int, dict[str, int]]]] = {}
 
     # ---- ownership ---------------------------------------------------------------------------
     @property
@@ -113,16 +120,22 @@ class FlowControl:
 
     def assigned(self, partitions: list[int]) -> None:
         """Partitions joined this member: fresh state (an old owner's leftovers are read again)."""
+        self.revoked(partitions)  # (assigned twice without a revocation: the old one left)
         for p in partitions:
             self._parts[p] = _Partition(next(self._generations))
-            self.tracker.revoke(p)
             self.tracker.assign(p)
 
     def revoked(self, partitions: list[int]) -> None:
-        """Partitions left this member (after their final commit, or lost): forget them."""
+        """Partitions left this member (after their final commit, or lost): forget them, except
+        the feed offsets of commits still unacknowledged (see `commit_acknowledged`)."""
         for p in partitions:
-            self._parts.pop(p, None)
+            state = self._parts.pop(p, None)
             self.tracker.revoke(p)
+            if state is not None and state.pending_feeds:
+                orphans = self._orphan_feeds.setdefault(p, [])
+                orphans.extend(state.pending_feeds)
+                orphans.sort(key=lambda entry: entry[0])
+                del orphans[:-ORPHAN_COMMITS_KEPT]
 
     lost = revoked
 
@@ -310,16 +323,20 @@ class FlowControl:
 
     def commit_acknowledged(self, partition: int, offset: int) -> dict[str, int]:
         """The broker stored `offset`: the window moves up to it. Returns the Falcon feed
-        offsets it covers (for SSM)."""
+        offsets it covers (for SSM), also when the partition has left this member since the
+        commit was asked for: what the broker stored was delivered, whoever owns it now."""
+        feeds = _pop_covered(self._orphan_feeds.get(partition), offset)
+        if not self._orphan_feeds.get(partition):
+            self._orphan_feeds.pop(partition, None)
         state = self._parts.get(partition)
         if state is None or (state.acked is not None and offset <= state.acked):
-            return {}
+            return feeds
         state.acked = offset
         while state.window and state.window[0] < offset:
             state.window.popleft()
-        feeds: dict[str, int] = {}
-        while state.pending_feeds and state.pending_feeds[0][0] <= offset:
-            feeds = state.pending_feeds.pop(0)[1]
+        for feed, feed_offset in _pop_covered(state.pending_feeds, offset).items():
+            if feed_offset > feeds.get(feed, -1):
+                feeds[feed] = feed_offset
         return feeds
 
     def commit_failed(self, partition: int, now: float) -> None:
@@ -357,6 +374,15 @@ class FlowControl:
 
     def rate_share(self, group_rate: float) -> float:
         return rate_share(group_rate, set(self._parts), self._backlog, self.total_partitions, self.unfinished() > 0)
+
+
+def _pop_covered(pending: list[tuple[int, dict[str, int]]] | None, offset: int) -> dict[str, int]:
+    """Remove the entries of `pending` (commit offset -> feeds, ascending) that a commit at
+    `offset` covers; the feed offsets of the last one removed."""
+    feeds: dict[str, int] = {}
+    while pending and pending[0][0] <= offset:
+        feeds = dict(pending.pop(0)[1])
+    return feeds
 
 
 def rate_share(

@@ -329,6 +329,7 @@ def test_commit_acknowledgements_in_any_order_with_rebalances_never_move_a_windo
     for send in flow.sends(0.0):
         flow.request_finished(send, accept(send), 0.0)
     asked = flow.commits(0.0)
+    reported: dict[str, int] = {}
     for event in order:
         if event == "assign":
             flow.assigned([0])
@@ -338,9 +339,31 @@ def test_commit_acknowledgements_in_any_order_with_rebalances_never_move_a_windo
             flow.lost([0])
         else:
             for p, offset in asked.items():
-                flow.commit_acknowledged(p, offset)
+                reported.update(flow.commit_acknowledged(p, offset))
     assert flow.window(0) <= CONFIG.max_in_flight
     assert flow.in_flight() == 0
+    # The broker stored the commit, so SSM learns its feed offsets even when the ack comes
+    # after the partition left (an async commit in flight at a revocation or a loss).
+    assert reported == {"f0": 1019}
+
+
+def test_a_late_acknowledgement_reports_the_feeds_of_every_commit_it_covers_once() -> None:
+    flow = FlowControl(CONFIG)
+    flow.assigned([0])
+    feed(flow, 0, range(10))
+    (first,) = flow.sends(0.0)
+    flow.request_finished(first, accept(first), 0.0)
+    assert flow.commits(0.0) == {0: 10}
+    flow.lost([0])  # the commit to 10 is in flight, unacknowledged
+    flow.assigned([0])
+    feed(flow, 0, range(10, 20))  # the new generation read on from 10
+    (second,) = flow.sends(0.0)
+    flow.request_finished(second, accept(second), 0.0)
+    assert flow.commits(0.0) == {0: 20}
+    assert flow.commit_acknowledged(0, 10) == {"f0": 1009}
+    assert flow.commit_acknowledged(0, 20) == {"f0": 1019}
+    assert flow.commit_acknowledged(0, 20) == {}, "reported once"
+    assert flow.commit_acknowledged(1, 5) == {}, "a partition never owned reports nothing"
 
 
 def test_stopping_pauses_everything_and_reads_nothing() -> None:
