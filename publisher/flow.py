@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from publisher.batch import AuditEventBatch, BatchEntry
 from publisher.offset_tracker import OffsetTracker
 
-
 ORPHAN_COMMITS_KEPT = 16  # per partition: unacknowledged commits of generations that left
 
 
