@@ -28,22 +28,46 @@ def _items(headers: Any) -> Iterable[tuple[str, Any]]:
     return headers
 
 
-def header_text(headers: Any, name: str) -> str | None:
-    """The first value of header `name` as text (UTF-8, replacing bad bytes), or None."""
+def first_values(headers: Any) -> dict[str, Any]:
+    """Each header's first non-empty value by name (one pass; read many names with `text_of`)."""
+    values: dict[str, Any] = {}
     for key, value in _items(headers):
-        if key == name and value is not None:
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return None
+        if value is not None and key not in values:
+            values[key] = value
+    return values
 
 
-def header_int(headers: Any, name: str) -> int | None:
-    text = header_text(headers, name)
+def text_of(value: Any) -> str | None:
+    """A header value as text (UTF-8, replacing bad bytes); None stays None."""
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def int_of(value: Any) -> int | None:
+    """A header value as an integer; None when absent or not a number."""
+    text = text_of(value)
     if text is None:
         return None
     try:
         return int(text)
     except ValueError:
         return None
+
+
+def header_text(headers: Any, name: str) -> str | None:
+    """The first value of header `name` as text (UTF-8, replacing bad bytes), or None."""
+    for key, value in _items(headers):
+        if key == name and value is not None:
+            return text_of(value)
+    return None
+
+
+def header_int(headers: Any, name: str) -> int | None:
+    for key, value in _items(headers):
+        if key == name and value is not None:
+            return int_of(value)
+    return None
 
 
 def as_bytes_pairs(headers: Any) -> list[tuple[str, bytes]]:

@@ -30,6 +30,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
+from falcon_lake.settings import PublisherSettings
 from publisher.batch import AuditEventBatch, BatchEntry
 from publisher.offset_tracker import OffsetTracker
 
@@ -48,6 +49,17 @@ class FlowConfig:
     probe_base_s: float = 1.0
     probe_cap_s: float = 30.0
     commit_retry_s: float = 2.0  # an unacknowledged commit is asked for again after this
+
+    @classmethod
+    def from_settings(cls, settings: PublisherSettings, consume_chunk: int) -> FlowConfig:
+        return cls(
+            max_buffered=settings.max_buffered_records,
+            max_in_flight=settings.max_in_flight_per_partition,
+            batch_max_events=settings.batch_max_events,
+            batch_max_bytes=settings.batch_max_bytes,
+            linger_s=settings.linger_ms / 1000.0,
+            consume_chunk=consume_chunk,
+        )
 
 
 @dataclass
@@ -319,6 +331,14 @@ class FlowControl:
                 if not state.pending_feeds or state.pending_feeds[-1][0] < commit_at:
                     state.pending_feeds.append((commit_at, self.tracker.partition_feeds(p)))
         return due
+
+    def commit_feeds(self, partition: int, offset: int) -> dict[str, int]:
+        """The Falcon feed offsets a commit asked for at `offset` covers (stored with it as metadata)."""
+        state = self._parts.get(partition)
+        for commit_at, feeds in reversed(state.pending_feeds if state is not None else []):
+            if commit_at == offset:
+                return feeds
+        return {}
 
     def commit_acknowledged(self, partition: int, offset: int) -> dict[str, int]:
         """The broker stored `offset`: the window moves up to it. Returns the Falcon feed

@@ -11,23 +11,25 @@ were accepted by CloudTrail, dead-lettered (DLQ write acknowledged) or filtered 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from falcon_lake import dead_letter
-from falcon_lake.headers import CREATED_MS, EVENT_TYPE, FEED, OFFSET, as_bytes_pairs, header_int, header_text
+from falcon_lake.headers import CREATED_MS, EVENT_TYPE, FEED, OFFSET, as_bytes_pairs, first_values, int_of, text_of
 from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.settings import PublisherSettings
 from publisher.batch import BatchEntry
-from publisher.cloudtrail import Abandoned, ChannelHealth, CloudTrailSender, DeliveryResult, delivery_workers
+from publisher.cloudtrail import ChannelHealth, CloudTrailSender, delivery_workers
+from publisher.commits import commit_list, committed_feeds
 from publisher.conversion import AUDIT_EVENT, FILTERED, Conversions, Converted
 from publisher.convert import Converter
+from publisher.deliveries import Completion, Deliveries
 from publisher.filter import EventFilter, Filtered
 from publisher.flow import FlowConfig, FlowControl, Send
 from publisher.group_lag import GroupLag
@@ -51,6 +53,8 @@ IDLE_WAIT_S = 0.05
 # window, and rebalance callbacks. The records so taken exceed the budget by at most one per
 # call until the flow control pauses everything (FlowConfig.keepalive_s).
 SERVE_EVERY_S = 0.01
+# Reading the commits of newly assigned partitions (for SSM): how long to wait, when to retry.
+CATCH_UP_TIMEOUT_S, CATCH_UP_RETRY_S = 2.0, 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,24 +66,6 @@ class _Converting:
     generation: int
     offset: int
     created_ms: int | None
-
-
-@dataclass
-class _Completion:
-    send: Send
-    result: DeliveryResult | None  # None: abandoned
-    error: BaseException | None = None
-
-
-def flow_config(settings: PublisherSettings) -> FlowConfig:
-    return FlowConfig(
-        max_buffered=settings.max_buffered_records,
-        max_in_flight=settings.max_in_flight_per_partition,
-        batch_max_events=settings.batch_max_events,
-        batch_max_bytes=settings.batch_max_bytes,
-        linger_s=settings.linger_ms / 1000.0,
-        consume_chunk=CONSUME_CHUNK,
-    )
 
 
 class PublisherLoop:
@@ -114,10 +100,11 @@ class PublisherLoop:
         self.stop = stop
         self.limiter = limiter
         self.lag = lag
-        self.flow = FlowControl(flow_config(settings), settings.kafka.topic_partitions)
-        self._completions: queue.Queue[_Completion] = queue.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=delivery_workers(settings), thread_name_prefix="deliver")
+        self.flow = FlowControl(FlowConfig.from_settings(settings, CONSUME_CHUNK), settings.kafka.topic_partitions)
+        self._deliveries = Deliveries(sender, delivery_workers(settings))
         self._paused: set[int] = set()  # partitions this loop paused and did not resume
+        self._catch_up: set[int] = set()  # assigned partitions whose commit metadata is not read yet
+        self._catch_up_at = 0.0
         self._abandon_all = False
         self._lag_seen = 0
         self._last_consume = 0.0
@@ -147,6 +134,7 @@ class PublisherLoop:
             consumer.resume(mine)
         self._paused -= {tp.partition for tp in mine}
         self.flow.assigned([tp.partition for tp in mine])
+        self._catch_up |= {tp.partition for tp in mine}  # read their commits' feed offsets (next turn)
         log.info("assigned partitions %s", sorted(tp.partition for tp in mine))
         self._apply_pauses()
         self._update_share()
@@ -217,21 +205,21 @@ class PublisherLoop:
                     log.warning("consume: %s", error.str())
                 continue
             partition, offset = msg.partition() or 0, msg.offset() or 0
-            headers = msg.headers()
+            headers = first_values(msg.headers())
             key = msg.key()
-            feed = header_text(headers, FEED) or (key.decode("utf-8", "replace") if isinstance(key, bytes) else "0")
-            generation = self.flow.consumed(partition, offset, feed, header_int(headers, OFFSET))
+            feed = text_of(headers.get(FEED)) or (key.decode("utf-8", "replace") if isinstance(key, bytes) else "0")
+            generation = self.flow.consumed(partition, offset, feed, int_of(headers.get(OFFSET)))
             if generation is None:
                 continue
             consumed[partition] = consumed.get(partition, 0) + 1
-            event_type = header_text(headers, EVENT_TYPE)
+            event_type = text_of(headers.get(EVENT_TYPE))
             if event_type is not None:
                 filtered = self.filter.check_event_type(event_type)  # never parses JSON
                 if filtered is not None:
                     self._filtered(partition, generation, offset, filtered)
                     continue
             chunk.append((msg.value() or b"", feed))
-            waiting.append(_Converting(msg, partition, generation, offset, header_int(headers, CREATED_MS)))
+            waiting.append(_Converting(msg, partition, generation, offset, int_of(headers.get(CREATED_MS))))
         for partition, count in consumed.items():
             self.metrics.consumed.labels(str(partition)).inc(count)
             self.counts["consumed"] += count
@@ -241,19 +229,23 @@ class PublisherLoop:
     def _collect(self) -> None:
         """Apply the conversion results that are ready, in consume order."""
         now = time.monotonic()
+        self.conversions.poll()
+        if self.conversions.dead is not None and self.fatal is None:
+            self._fail(f"conversion failed: {self.conversions.dead}")
+            return
         while self._converting and self._converting[0][1].done():
             waiting, future = self._converting.popleft()
             try:
                 results = future.result()
             except Exception as exc:  # the worker process died: nothing converts any more
-                self.fatal = f"conversion failed: {type(exc).__name__}: {exc}"
-                self.stop.set()
+                self._fail(f"conversion failed: {type(exc).__name__}: {exc}")
                 return
+            converted = 0
             for record, (kind, first, second, size) in zip(waiting, results, strict=True):
                 if self.flow.generation(record.partition) != record.generation:
                     continue  # revoked meanwhile: the next owner reads it again
                 if kind == AUDIT_EVENT:
-                    self.metrics.converted.inc()
+                    converted += 1
                     entry = BatchEntry(
                         first, second, record.partition, record.offset, record.created_ms, size, record.msg
                     )
@@ -262,6 +254,7 @@ class PublisherLoop:
                     self._filtered(record.partition, record.generation, record.offset, Filtered(first, second))
                 else:
                     self._dead_letter(record.msg, record.generation, "convert", first, second)
+            self.metrics.converted.inc(converted)
 
     def _filtered(self, partition: int, generation: int, offset: int, filtered: Filtered) -> None:
         self.metrics.filtered.labels(filtered.rule).inc()
@@ -328,38 +321,16 @@ class PublisherLoop:
                     if send.batch is None
                     else f"the oldest held batch of partition {send.partition}",
                 )
-            self._executor.submit(self._deliver, send)
+            self._deliveries.submit(send, self._abandon_check(send))
 
-    def _deliver(self, send: Send) -> None:
-        def abandon() -> bool:
-            return self._abandon_all or self.flow.generation(send.partition) != send.generation
-
-        try:
-            if send.batch is None:
-                result: DeliveryResult | None = self.sender.probe()
-            else:
-                result = self.sender.deliver(send.batch, abandon)
-            error: BaseException | None = None
-        except Abandoned:
-            result, error = None, None
-        except BaseException as exc:
-            log.exception("delivery of a batch of partition %d failed unexpectedly", send.partition)
-            result, error = None, exc
-        self._completions.put(_Completion(send, result, error))
+    def _abandon_check(self, send: Send) -> Callable[[], bool]:
+        return lambda: self._abandon_all or self.flow.generation(send.partition) != send.generation
 
     def _drain(self, timeout: float) -> None:
-        try:
-            completion = self._completions.get(timeout=timeout) if timeout > 0 else self._completions.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            self._complete(completion)
-            try:
-                completion = self._completions.get_nowait()
-            except queue.Empty:
-                return
+        for done in self._deliveries.completed(timeout):
+            self._complete(done)
 
-    def _complete(self, done: _Completion) -> None:
+    def _complete(self, done: Completion) -> None:
         self.metrics.in_flight.dec()
         send, result = done.send, done.result
         current = self.flow.generation(send.partition) == send.generation
@@ -439,13 +410,28 @@ class PublisherLoop:
             return
         topic = self.settings.kafka.topic
         try:
-            self.consumer.commit(
-                offsets=[TopicPartition(topic, p, o) for p, o in sorted(offsets.items())], asynchronous=True
-            )
+            self.consumer.commit(offsets=commit_list(topic, offsets, self._commit_feeds(offsets)), asynchronous=True)
         except KafkaException as exc:
             log.warning("Kafka commit failed (%s); asked again shortly", exc)
             for p in offsets:
                 self.flow.commit_failed(p, time.monotonic())
+
+    def _commit_feeds(self, offsets: dict[int, int]) -> dict[int, dict[str, int]]:
+        return {p: self.flow.commit_feeds(p, o) for p, o in offsets.items()}
+
+    def _catch_up_ssm(self, now: float) -> None:
+        """Write SSM from the feed offsets stored with the commits of newly assigned partitions
+        (an owner killed before its SSM write), and carry them on in this member's commits."""
+        partitions = sorted(p for p in self._catch_up if self.flow.generation(p) is not None)
+        self._catch_up_at = now + CATCH_UP_RETRY_S
+        found = committed_feeds(self.consumer, self.settings.kafka.topic, partitions, CATCH_UP_TIMEOUT_S)
+        if found is None:
+            return
+        self._catch_up.clear()
+        for partition, feeds in found.items():
+            self.flow.tracker.seed_feeds(partition, feeds)
+            if feeds and self.store is not None:
+                self.store.advance(feeds)
 
     def _commit_now(self, only: list[int] | None = None) -> None:
         """Commit synchronously (revocation, shutdown), then write SSM at once."""
@@ -454,7 +440,7 @@ class PublisherLoop:
         if offsets:
             try:
                 done = self.consumer.commit(
-                    offsets=[TopicPartition(topic, p, o) for p, o in sorted(offsets.items())], asynchronous=False
+                    offsets=commit_list(topic, offsets, self._commit_feeds(offsets)), asynchronous=False
                 )
             except KafkaException as exc:
                 log.warning("Kafka commit failed (%s); the next owner re-sends from the last commit", exc)
@@ -468,6 +454,8 @@ class PublisherLoop:
     def _step(self) -> None:
         """One turn of the loop: read, convert, batch, send, collect results, commit."""
         now = time.monotonic()
+        if self._catch_up and now >= self._catch_up_at:
+            self._catch_up_ssm(now)
         self.flow.tick(now)
         self._apply_pauses()
         budget = self.flow.consume_budget()
@@ -544,7 +532,7 @@ class PublisherLoop:
         if self.lag is not None:
             self.lag.stop()
         self._commit_now()  # safe even after a fatal error: only finished records count
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._deliveries.shutdown()
         self.conversions.close()
         # Revocation during close must not commit again or wait for anything.
         self.flow.revoked(self.flow.owned)

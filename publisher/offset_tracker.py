@@ -53,6 +53,16 @@ class OffsetTracker:
             if feed is not None and falcon_offset is not None and falcon_offset > state.feeds.get(feed, -1):
                 state.feeds[feed] = falcon_offset
 
+    def seed_feeds(self, partition: int, feeds: dict[str, int]) -> None:
+        """Feed offsets a commit of an earlier owner recorded (its metadata): later commits carry
+        them on, so every commit describes all the partition's feeds, not only those read since."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return
+        for feed, offset in feeds.items():
+            if offset > state.feeds.get(feed, -1):
+                state.feeds[feed] = offset
+
     def commit_offsets(self) -> dict[int, int]:
         """Per partition, the offset to commit (the next to consume), where anything finished."""
         return {p: s.commit_at for p, s in self._partitions.items() if s.commit_at is not None}

@@ -196,3 +196,25 @@ def test_group_lag_names_the_partitions_with_records_the_group_has_not_committed
     finally:
         reader.close()
     assert reading.backlog == {0} and reading.partitions == 3
+
+
+@pytest.mark.slow
+def test_ssm_catches_up_from_the_commits_when_an_owner_died_before_its_ssm_write(
+    make_pipeline: Callable[..., Pipeline],  # noqa: F811
+) -> None:
+    """A publisher killed after the broker stored its last commit but before it wrote SSM left
+    nothing to read: the next owner restores SSM from the feed offsets stored with the commits."""
+    pipeline = make_pipeline()
+    records = falcon_records(per_feed=200, seed=47)
+    pipeline.produce(records)
+    first = pipeline.start_publisher(FILTER_PRESET="all-user-activity")
+    everything_delivered(pipeline, expected_ids(records, "all-user-activity"), "first owner")
+    assert first.terminate() == 0
+    assert pipeline.ssm_offsets() == last_offsets(records)
+    # What the dead owner's missing write looks like: SSM behind everything Kafka has committed.
+    pipeline.ssm.put_parameter(Name=pipeline.parameter, Value="{}", Type="String", Overwrite=True)
+
+    second = pipeline.start_publisher(FILTER_PRESET="all-user-activity")
+    wait_for(lambda: pipeline.ssm_offsets() == last_offsets(records), timeout=60, what="SSM restored from the commits")
+    assert second.terminate() == 0
+    assert pipeline.ssm_offsets() == last_offsets(records)

@@ -59,6 +59,11 @@ class FakeConsumer:
         self.commits.append(offsets)
         return offsets
 
+    stored: dict[int, TopicPartition] = {}
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [self.stored.get(tp.partition, TopicPartition(tp.topic, tp.partition)) for tp in partitions]
+
 
 class BrokenDlq:
     """A DLQ producer whose produce() fails the way librdkafka does for a record it cannot take."""
@@ -133,3 +138,55 @@ def test_commit_callbacks_move_the_window_and_failures_do_not() -> None:
     assert loop.flow.commits(1e9) == {0: 1}, "not acknowledged: asked for again"
     loop.on_commit(None, [TopicPartition("falcon.events", 0, 1)])
     assert loop.flow.commits(1e9) == {}, "acknowledged: nothing left to commit"
+
+
+class RecordingStore:
+    """Stands in for the SSM store: what the loop hands it to write."""
+
+    def __init__(self) -> None:
+        self.advanced: list[dict[str, int]] = []
+
+    def advance(self, feeds: dict[str, int]) -> None:
+        self.advanced.append(dict(feeds))
+
+    def flush_before_exit(self, _timeout: float) -> bool:
+        return True
+
+
+def test_commits_carry_their_feed_offsets_and_a_new_owner_writes_ssm_from_them() -> None:
+    from falcon_lake.settings import load_filter
+    from publisher.commits import commit_metadata, feeds_of
+
+    consumer = FakeConsumer()
+    loop = make_loop(consumer, BrokenDlq())
+    loop.filter = EventFilter.from_settings(load_filter({"FILTER_PRESET": "all-user-activity"}))
+    loop.on_assign(consumer, [TopicPartition("falcon.events", 0)])  # type: ignore[arg-type]
+    # A record the event-type header filters out finishes at once; its commit names its feed.
+    message = FakeMessage(0, 41, b"{}")
+    message.headers = lambda: [("falcon.feed", b"7"), ("falcon.offset", b"1234"), ("falcon.event_type", b"Other")]  # type: ignore[method-assign]
+    loop._accept([message])  # type: ignore[list-item]
+    loop._commit_async()
+    (committed,) = consumer.commits[-1]
+    assert committed.offset == 42 and feeds_of(committed.metadata) == {"7": 1234}
+
+    # Another member is assigned the partition later: it reads the commit, writes SSM from it
+    # and carries the feed on in its own commits.
+    newcomer_consumer = FakeConsumer()
+    newcomer_consumer.stored = {0: TopicPartition("falcon.events", 0, 42, metadata=commit_metadata({"7": 1234}))}
+    newcomer = make_loop(newcomer_consumer, BrokenDlq())
+    store = RecordingStore()
+    newcomer.store = store  # type: ignore[assignment]
+    newcomer.on_assign(newcomer_consumer, [TopicPartition("falcon.events", 0)])  # type: ignore[arg-type]
+    newcomer._catch_up_ssm(0.0)
+    assert store.advanced == [{"7": 1234}]
+    assert newcomer.flow.tracker.partition_feeds(0) == {"7": 1234}
+
+
+def test_commit_metadata_ignores_what_other_tools_wrote_and_never_exceeds_the_broker_limit() -> None:
+    from publisher.commits import commit_metadata, feeds_of
+
+    assert feeds_of(None) == {} and feeds_of("") == {} and feeds_of("not json") == {}
+    assert feeds_of('{"falcon.feeds": {"1": "x", "2": true, "3": 5}}') == {"3": 5}
+    assert feeds_of("[1, 2]") == {}
+    assert commit_metadata({}) is None
+    assert commit_metadata({f"feed-{i}": i for i in range(1000)}) is None, "over 4,000 bytes: no metadata"
