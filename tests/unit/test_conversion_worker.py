@@ -14,7 +14,7 @@ import pytest
 
 from emulators.falcon_events import EventGenerator
 from falcon_lake.settings import load_publisher
-from publisher.conversion import AUDIT_EVENT, ConversionWorkerDied, Conversions, Converted
+from publisher.conversion import AUDIT_EVENT, Conversions, ConversionWorkerDied, Converted
 from publisher.convert import Converter
 from publisher.filter import EventFilter
 
