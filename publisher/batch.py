@@ -15,8 +15,9 @@ from typing import Any
 
 MAX_EVENTS = 100
 MAX_REQUEST_BYTES = 1_000_000
-# botocore writes the body with json.dumps' defaults: ASCII only (\uXXXX escapes) and ", " / ": "
-# separators. The sizes below are of exactly that text: '{"auditEvents": [' + ']}'.
+# The body is json.dumps' default form, as botocore writes it and publisher/put_client.py too:
+# ASCII only (\uXXXX escapes) and ", " / ": " separators. The sizes below are of exactly that
+# text: '{"auditEvents": [' + ']}'.
 _ENVELOPE_BYTES = 19
 # '{"id": ' + ', "eventData": ' + '}' + the ', ' before every entry but the first (counted for all).
 _ENTRY_BYTES = 7 + 15 + 1 + 2
@@ -47,7 +48,7 @@ def event_data_checksum(event_data: str) -> str:
 
 
 def entry_size(audit_id: str, event_data: str, checksum: bool) -> int:
-    """Bytes one entry adds to the request body as botocore serialises it (eventData is a JSON
+    """Bytes one entry adds to the request body as it is sent (eventData is a JSON
     string inside JSON, every non-ASCII character escaped as \\uXXXX), so a batch that fits
     here fits the 1 MB limit on the wire."""
     size = len(json.dumps(event_data)) + len(json.dumps(audit_id)) + _ENTRY_BYTES

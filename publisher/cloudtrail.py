@@ -9,8 +9,8 @@
   (`publisher/flow.py`) holds them and probes the channel until it works again.
 
 Throttling is recognised by its error code (`ThrottlingException` whatever the HTTP status,
-400 as AWS answers or 429; a bare 429 too) and slows the rate limiter; botocore itself
-retries nothing (max_attempts=1), so every attempt passes the limiter.
+400 as AWS answers or 429; a bare 429 too) and slows the rate limiter. The client makes exactly
+one attempt per call (publisher/put_client.py), so every attempt passes the limiter.
 """
 
 from __future__ import annotations
@@ -112,7 +112,11 @@ class SenderStats:
 
 
 class CloudTrailSender:
-    """Sends batches; thread-safe (boto3 clients are), one instance per process."""
+    """Sends batches; thread-safe (so is the client), one instance per process.
+
+    `client` has boto3's `put_audit_events(channelArn=, auditEvents=, externalId=)`, its answer
+    and its exceptions: a PutAuditEventsClient in the publisher (a boto3 client would retry
+    inside the call, past the rate limiter)."""
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import boto3
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from falcon_lake.aws import aws_client
@@ -26,6 +27,7 @@ from publisher.filter import EventFilter
 from publisher.group_lag import GroupLag
 from publisher.loop import PublisherLoop
 from publisher.metrics import PublisherMetrics
+from publisher.put_client import PutAuditEventsClient
 from publisher.rate_limit import AdaptiveRateLimiter
 
 log = logging.getLogger("publisher")
@@ -51,21 +53,23 @@ FETCH_CONFIG: dict[str, Any] = {
 }
 
 
-def cloudtrail_client(settings: PublisherSettings) -> Any:
-    """The cloudtrail-data client, sized for the sender threads.
+def cloudtrail_client(settings: PublisherSettings) -> PutAuditEventsClient:
+    """PutAuditEvents for the sender threads: one attempt per call (the sender owns every retry,
+    so each attempt passes its rate limiter), without botocore's per-call CPU.
 
-    One pooled connection per possible request in flight (botocore keeps 10 by default and
-    opens and drops a new connection for every request beyond that). Parameter validation is
-    off: the batcher enforces CloudTrail's limits itself (botocore checks only minimums), and
-    validating 100 entries costs the sender threads CPU on every request.
+    The boto3 client made here is never called: it gives the endpoint, region, HTTP session and
+    error classes, configured as the SDK configures them. One pooled connection per possible
+    request in flight (botocore keeps 10 by default and opens and drops a new connection for
+    every request beyond that).
     """
-    return aws_client(
+    session = boto3.session.Session()
+    client = aws_client(
         "cloudtrail-data",
         settings.cloudtrail_region,
-        max_attempts=1,  # the sender owns every retry: each attempt passes its rate limiter
+        session=session,
         max_pool_connections=delivery_workers(settings) + 2,
-        parameter_validation=False,
     )
+    return PutAuditEventsClient(client, session.get_credentials())
 
 
 def _filter_variable(settings: PublisherSettings, problem: str) -> str:
