@@ -360,11 +360,15 @@ class AuditEventStore:
         "event_time TEXT, envelope TEXT)"
     )
     VERSION = 1
+    PAGE_SIZE = 16384
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Takes effect only on a new file (an existing one keeps its page size). 16 KiB pages write
+        # a request's rows in a quarter of the WAL frames, and each frame costs two system calls.
+        self._db.execute(f"PRAGMA page_size={self.PAGE_SIZE}")
         if path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
             # In WAL, NORMAL loses at most the last commits on power loss, never integrity.
