@@ -3,8 +3,9 @@
 The emulator answers with these rules, and any test can check a converter's output
 against the very same ones: `validate_event_data(event_data, channel_account)` returns
 None for an event the service would accept, else the `EventError` it would report in
-`failed[]`. Request-level limits (event count, body size, id pattern) are here as
-constants and `audit_event_id_problem()`, so a batcher can be checked against them too.
+`failed[]`; `parse_event_data` is the same check handing back what it parsed. Request-level
+limits (event count, body size, id pattern) are here as constants and
+`audit_event_id_problem()`, so a batcher can be checked against them too.
 
 Where REFERENCE.md leaves the real service's behaviour open, the choice is the strict
 one and says so (unknown fields, empty required strings, reserved AWS event sources).
@@ -21,7 +22,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_EVENTS_PER_REQUEST = 100
 # "1 MB per request": measured on the request body as sent; the decimal megabyte is
@@ -71,6 +72,7 @@ _OBJECT_GROWTH_BOUND = 5
 RESERVED_EVENT_SOURCE_SUFFIX = ".amazonaws.com"
 
 _EVENT_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
+_EVENT_TIME_LENGTH = len("YYYY-MM-DDTHH:MM:SSZ")
 
 
 class EventErrorCode(StrEnum):
@@ -143,15 +145,62 @@ def validate_event_data(
     (InvalidRecipient), reserved `*.amazonaws.com` event sources (InvalidEventSource).
     The first problem found is returned.
     """
+    result = parse_event_data(event_data, channel_account, checksum, allow_unknown_fields=allow_unknown_fields)
+    return result if isinstance(result, EventError) else None
+
+
+class AcceptedEventData(NamedTuple):
+    """An eventData PutAuditEvents would accept, as parsed by the check."""
+
+    data: dict[str, Any]  # the JSON object, as json.loads returns it
+    # No NaN, Infinity or -Infinity in the text: json.loads takes them, stricter parsers
+    # (SQLite's JSON functions among them) refuse the whole text.
+    strict_json: bool
+
+
+def parse_event_data(
+    event_data: str,
+    channel_account: str,
+    checksum: str | None = None,
+    *,
+    allow_unknown_fields: bool = False,
+) -> AcceptedEventData | EventError:
+    """`validate_event_data`, handing back what it parsed when the event would be accepted,
+    so that a caller need not parse the text again; else the same EventError."""
     if checksum is not None and checksum != event_data_checksum(event_data):
         return EventError(EventErrorCode.INVALID_CHECKSUM, "eventDataChecksum does not match eventData")
     try:
-        data = json.loads(event_data)
+        data, strict_json = _load_json(event_data)
     except ValueError as exc:
         return EventError(EventErrorCode.INVALID_DATA, f"eventData is not valid JSON: {exc}")
     if not isinstance(data, dict):
         return EventError(EventErrorCode.INVALID_DATA, "eventData must be a JSON object")
-    return _validate_fields(data, channel_account, allow_unknown_fields, len(event_data))
+    problem = _validate_fields(data, channel_account, allow_unknown_fields, len(event_data))
+    return AcceptedEventData(data, strict_json) if problem is None else problem
+
+
+class _NonFiniteNumber(Exception):
+    """NaN, Infinity or -Infinity in a JSON text."""
+
+
+def _refuse_non_finite(constant: str) -> float:
+    raise _NonFiniteNumber(constant)
+
+
+# json.loads's decoder, except that NaN and Infinity raise: one parse also tells strict JSON
+# apart, where searching each text for those words would cost about a microsecond.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_non_finite)
+
+
+def _load_json(text: str) -> tuple[Any, bool]:
+    """json.loads(text), with its result and its errors, and whether the text was strict JSON."""
+    try:
+        return _STRICT_JSON.decode(text), True
+    except _NonFiniteNumber:
+        return json.loads(text), False
+    except ValueError:
+        json.loads(text)  # raises json.loads's own error (it refuses a byte order mark before parsing)
+        raise
 
 
 def json_size(value: Any) -> int:
@@ -190,7 +239,7 @@ def _validate_fields(
             continue
         if not isinstance(value, str):
             return _invalid(f"field '{name}' must be a string")
-        if name in REQUIRED_FIELDS and not value:
+        if not value and name in REQUIRED_FIELDS:
             return _invalid(f"required field '{name}' is empty")
         if len(value) > limit:
             return _too_long(name, len(value), limit, "characters")
@@ -258,6 +307,14 @@ def _is_ip_address(text: str) -> bool:
 def _check_event_time(value: object) -> EventError | None:
     if not isinstance(value, str):
         return _invalid("field 'eventTime' must be a string")
+    if len(value) != _EVENT_TIME_LENGTH:  # cannot match, and must not fill the cache
+        return _event_time_problem.__wrapped__(value)
+    return _event_time_problem(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _event_time_problem(value: str) -> EventError | None:
+    # Cached: the events of one second share their eventTime, and checking one costs a microsecond.
     match = _EVENT_TIME.fullmatch(value)
     if match is None:
         return _invalid(f"field 'eventTime' must be UTC 'YYYY-MM-DDTHH:MM:SSZ', not {value[:64]!r}")

@@ -265,6 +265,22 @@ def test_each_invalid_event_fails_alone_with_its_code(emulator: CloudTrailEmulat
     assert [e.id for e in emulator.events()] == ["cid-0-0", "cid-0-10"]
 
 
+def test_the_answer_is_compact_json_in_the_order_events_were_sent(emulator: CloudTrailEmulator) -> None:
+    entries = [
+        audit_event(0),
+        audit_event(1, eventName=None),
+        {"id": "cid-0-2", "eventData": "not json"},
+        audit_event(3, **{'naïve"field': 1}),  # its error message needs escaping
+        audit_event(4),
+    ]
+    answer = signed_post(emulator, "cloudtrail-data", entries)
+    assert answer.status_code == 200
+    parsed = answer.json()
+    assert [e["id"] for e in parsed["successful"]] == ["cid-0-0", "cid-0-4"]
+    assert [e["id"] for e in parsed["failed"]] == ["cid-0-1", "cid-0-2", "cid-0-3"]
+    assert answer.content == json.dumps(parsed, separators=(",", ":")).encode()
+
+
 def test_recipient_follows_the_channel_account(make_emulator: MakeEmulator) -> None:
     arn = "arn:aws:cloudtrail:eu-west-1:210987654321:channel/eu"
     emulator = make_emulator(channels=(ChannelConfig(arn),))
@@ -479,9 +495,11 @@ def test_a_request_without_sigv4_is_refused(emulator: CloudTrailEmulator) -> Non
     assert emulator.store.count() == 0
 
 
-def signed_post(emulator: CloudTrailEmulator, service: str) -> requests.Response:
+def signed_post(
+    emulator: CloudTrailEmulator, service: str, entries: list[dict[str, str]] | None = None
+) -> requests.Response:
     url = f"{emulator.url}/PutAuditEvents?channelArn={quote(DEFAULT_CHANNEL_ARN, safe='')}"
-    body = json.dumps({"auditEvents": [audit_event()]}).encode()
+    body = json.dumps({"auditEvents": entries or [audit_event()]}).encode()
     request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
     SigV4Auth(Credentials("testing", "testing"), service, "us-east-1").add_auth(request)
     return requests.post(url, data=body, headers=dict(request.headers.items()), timeout=5)

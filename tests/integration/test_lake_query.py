@@ -426,6 +426,44 @@ def test_a_database_written_before_the_query_api_is_migrated_and_queryable(tmp_p
     conn.close()
 
 
+def test_event_time_is_what_sqlite_reads_in_event_data_however_the_text_is_written(tmp_path: Path) -> None:
+    """The eventTime the query API returns and filters by is SQLite's reading of each eventData text, as
+    when the emulator computed the column in SQL, also where SQLite reads the text otherwise than the
+    validator (json.loads) does: the emulator's shortcut in Python must never change it."""
+    (converted,) = audit_events([EVENTS[0]])  # eventTime 2026-11-18T11:06:40Z
+    data = json.loads(converted.event_data)
+    texts = {}
+    for name in ("plain", "escaped-value", "escaped-key", "repeated-key", "arabic-indic-digits"):
+        texts[name] = json.dumps({**data, "UID": name}, separators=(",", ":"), ensure_ascii=False)
+    texts["escaped-value"] = texts["escaped-value"].replace('40Z"', '40\\u005a"')
+    texts["escaped-key"] = texts["escaped-key"].replace('"eventTime"', '"event\\u0054ime"')
+    texts["repeated-key"] = texts["repeated-key"][:-1] + ',"eventTime":"2026-11-18T12:00:00Z"}'
+    arabic_indic = {ord(str(digit)): 0x0660 + digit for digit in range(10)}  # the validator's \d takes them
+    texts["arabic-indic-digits"] = texts["arabic-indic-digits"].replace(
+        "2026-11-18", "2026-11-18".translate(arabic_indic)
+    )
+    sqlite = sqlite3.connect(":memory:")
+    sql = "SELECT strftime('%Y-%m-%d %H:%M:%f', json_extract(?, '$.eventTime'))"
+    derived = {name: sqlite.execute(sql, (text,)).fetchone()[0] for name, text in texts.items()}
+    sqlite.close()
+    assert derived["plain"] == derived["repeated-key"] == "2026-11-18 11:06:40.000"  # the first key, not the last
+    assert derived["arabic-indic-digits"] is None
+
+    config = CloudTrailEmulatorConfig(port=0, db_path=str(tmp_path / "lake.db"), event_data_store_arn=STORE_ARN)
+    with CloudTrailEmulator(config) as emulator:
+        put = boto3.client("cloudtrail-data", endpoint_url=emulator.url, region_name="us-east-1")
+        entries = [{"id": name, "eventData": text} for name, text in texts.items()]
+        answer = put.put_audit_events(channelArn=CHANNEL, auditEvents=entries)
+        assert not answer["failed"], answer["failed"]
+        client = cloudtrail(emulator.url)
+        _, rows = run(client, f"SELECT eventData.uid, eventTime FROM {STORE} ORDER BY eventData.uid")
+        _, since = run(client, f"SELECT eventData.uid FROM {STORE} WHERE eventTime >= '2026-11-18 11:06:40'")
+        _, missing = run(client, f"SELECT eventData.uid FROM {STORE} WHERE eventTime IS NULL")
+    assert rows == [[name, derived[name]] for name in sorted(texts)]
+    assert sorted(row[0] or "" for row in since) == sorted(n for n, t in derived.items() if t is not None)
+    assert sorted(row[0] or "" for row in missing) == sorted(n for n, t in derived.items() if t is None)
+
+
 def lake_query_cli(emulator: CloudTrailEmulator, *args: str) -> Any:
     import os
     import subprocess

@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 
 from emulators.cloudtrail_validation import (
+    AcceptedEventData,
     EventError,
     EventErrorCode,
     audit_event_id_problem,
     channel_account,
     event_data_checksum,
+    parse_event_data,
     validate_event_data,
 )
 
@@ -183,6 +185,33 @@ def test_a_number_is_not_the_recipient_account() -> None:
 def test_event_data_must_be_a_json_object(text: str) -> None:
     error = validate_event_data(text, ACCOUNT)
     assert error is not None and error.code == "InvalidData"
+
+
+def test_parse_event_data_hands_back_what_json_loads_makes_of_an_accepted_text() -> None:
+    text = json.dumps(event(eventName="connexion réussie"), ensure_ascii=False)
+    assert parse_event_data(text, ACCOUNT) == AcceptedEventData(json.loads(text), strict_json=True)
+    refused = parse_event_data(json.dumps(event(UID=None)), ACCOUNT)
+    assert refused == validate_event_data(json.dumps(event(UID=None)), ACCOUNT)
+    assert isinstance(refused, EventError) and refused.code == "FieldNotFound"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_accepted_as_json_loads_takes_them_but_not_strict_json(constant: str) -> None:
+    text = json.dumps(event()).replace('"raw"', f'"score": {constant}, "raw"')
+    assert validate_event_data(text, ACCOUNT) is None
+    parsed = parse_event_data(text, ACCOUNT)
+    assert isinstance(parsed, AcceptedEventData) and not parsed.strict_json
+    assert json.dumps(parsed.data) == json.dumps(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\ufeff" + json.dumps(event()), '{"score": NaN, "x": }', '{"x": , "score": NaN}', "[NaN", "{'a': 1}"],
+)
+def test_invalid_json_is_reported_with_json_loads_own_message(text: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        json.loads(text)
+    assert parse_event_data(text, ACCOUNT) == EventError("InvalidData", f"eventData is not valid JSON: {raised.value}")
 
 
 @pytest.mark.parametrize(

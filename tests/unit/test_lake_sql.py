@@ -16,9 +16,10 @@ CHANNEL = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
 def store_with(*events: dict[str, Any]) -> AuditEventStore:
     store = AuditEventStore(":memory:")
     envelope = ingestion_envelope(CHANNEL, "2026-12-01T00:00:00.000Z")
+    # event_time None: SQLite derives it from eventData (tests/unit/test_audit_event_store.py: as the emulator does).
     store.insert(
         [
-            (f"e{n}", event["UID"], CHANNEL, json.dumps(event), "2026-12-01T00:00:00.000Z", envelope)
+            (f"e{n}", event["UID"], CHANNEL, json.dumps(event), "2026-12-01T00:00:00.000Z", None, envelope)
             for n, event in enumerate(events)
         ]
     )
