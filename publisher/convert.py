@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from falcon_lake import __version__
+from publisher.avro_validity import AvroValidity
 from publisher.filter import EventFilter, Filtered
 from publisher.json_text import STRICT_DECODER, compact, json_type, one_line, utf8_size
 from publisher.mapping import MAPPINGS, EventMapping, MappedFields, map_user_activity
@@ -133,10 +134,12 @@ class Converter:
         unmapped = sorted(event_type for event_type in event_filter.event_types if event_type not in MAPPINGS)
         if unmapped:
             raise ValueError(f"no mapping for event type {', '.join(unmapped)}: add one to publisher.mapping.MAPPINGS")
-        self._metadata_schema = schemas.falcon_metadata
+        self._metadata_validity = AvroValidity(schemas.falcon_metadata)
         self._metadata_fields = tuple(field["name"] for field in schemas.falcon_metadata["fields"])
         self._numbers = schemas.metadata_numbers
-        self._event_schemas = schemas.falcon_events
+        self._event_validity = {
+            event_type: AvroValidity(schema) for event_type, schema in schemas.falcon_events.items()
+        }
         self._id_pattern = schemas.audit_event_id_pattern
         self._output = output_schema()
         self._paths: dict[str, str] = {}
@@ -192,7 +195,7 @@ class Converter:
         metadata = envelope.get("metadata")
         if not isinstance(metadata, dict):
             return Rejected(INVALID_EVENT, f"metadata: expected object, {_got(metadata)}")
-        problem = avro_problem(metadata, self._metadata_schema, self._paths)
+        problem = avro_problem(metadata, self._metadata_validity, self._paths)
         if problem is not None:
             return Rejected(INVALID_EVENT, one_line(problem))
         for number in self._numbers:
@@ -211,7 +214,7 @@ class Converter:
         view = _normalise_attributes(event)
         if isinstance(view, str):
             return Rejected(INVALID_EVENT, one_line(view))
-        problem = avro_problem(view, self._event_schemas[event_type], self._paths)
+        problem = avro_problem(view, self._event_validity[event_type], self._paths)
         if problem is not None:
             return Rejected(INVALID_EVENT, one_line(problem))
         filtered = self.event_filter.check(envelope, self._now())
