@@ -104,6 +104,9 @@ def _primitives() -> dict[str, tuple[Check, Dispatch]]:
 
 
 _PRIMITIVES = _primitives()
+# Answers that cannot raise on a value of their type (an int compared with two ints), so a
+# union may skip them when a later branch accepts the type whatever the value.
+_NEVER_RAISE = frozenset({_PRIMITIVES["int"][1][int], _PRIMITIVES["long"][1][int]})
 
 
 class _Node:
@@ -123,8 +126,8 @@ def _first_accepting(answers: list[Answer]) -> Answer:
     answers = [answer for answer in answers if answer is not False]
     if not answers:
         return False
-    if answers[0] is True:
-        return True
+    if True in answers and all(answer in _NEVER_RAISE for answer in answers[: answers.index(True)]):
+        return True  # e.g. an int for ["null", "long", "double"]: the double branch takes any int
     if len(answers) == 1:
         return answers[0]
     candidates = tuple(answers)

@@ -26,12 +26,13 @@ from typing import Any
 from falcon_lake import __version__
 from publisher.avro_validity import AvroValidity
 from publisher.filter import EventFilter, Filtered
-from publisher.json_text import STRICT_DECODER, compact, json_type, one_line, utf8_size
+from publisher.json_text import compact, decode_strict, json_type, one_line, utf8_size
 from publisher.mapping import MAPPINGS, EventMapping, MappedFields, map_user_activity
 from publisher.schema_check import (
     avro_problem,
     channel_account,
     check_event_data,
+    fixed_plan,
     get_path,
     output_schema,
     record_paths,
@@ -147,8 +148,19 @@ class Converter:
         for event_schema in schemas.falcon_events.values():
             record_paths(event_schema, "event", event_schema.get("__named_schemas", {}), self._paths)
         rule = schemas.cloudtrail_field
+        # Fields every record of this converter holds with the same value: their rules are
+        # checked and their members serialised once, here (when one breaks its rule, every
+        # record is still checked for it, so the messages stay the same).
+        self._constant: dict[str, Any] = {
+            "userAgent": USER_AGENT,
+            "eventSource": EVENT_SOURCE,
+            "responseElements": None,
+            "recipientAccountId": self.channel_account,
+        }
+        self._record_rules = self._output.record_rules.without_constant(self._constant)
+        self._plan = fixed_plan(self._output.plan, self._constant)
         self._required_text = tuple(
-            r for r in schemas.cloudtrail_fields if r.required and (r.max_length or r.min_length)
+            (r, r.path) for r in self._record_rules.rules if r.required and (r.max_length or r.min_length)
         )
         self._error_message_limit = rule("errorMessage").max_length or 256
         self._error_code_limit = rule("errorCode").max_length or 256
@@ -179,7 +191,7 @@ class Converter:
         if text.startswith("\ufeff"):
             return Rejected(UNDECODABLE, "not JSON: starts with a byte order mark")
         try:
-            value = STRICT_DECODER.decode(text)
+            value = decode_strict(text)
         except RecursionError:
             return Rejected(UNDECODABLE, "not JSON: nested too deeply")
         except ValueError as exc:
@@ -249,23 +261,20 @@ class Converter:
     ) -> ConversionResult:
         identity: dict[str, Any] = {"type": metadata["eventType"], "principalId": mapped.principal_id, "details": None}
         record: dict[str, Any] = {
+            **self._constant,
             "version": metadata["version"],
             "userIdentity": identity,
-            "userAgent": USER_AGENT,
-            "eventSource": EVENT_SOURCE,
             "eventName": mapped.event_name,
             "eventTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(metadata["eventCreationTime"] // 1000)),
             "UID": audit_id,
             "requestParameters": None,
-            "responseElements": None,
             "errorCode": cut(mapped.error_code, self._error_code_limit),
             "errorMessage": cut(mapped.error_message, self._error_message_limit),
             "sourceIPAddress": mapped.source_ip,
-            "recipientAccountId": self.channel_account,
             "additionalEventData": None,
         }
-        for rule in self._required_text:
-            value = get_path(record, rule.path)
+        for rule, path in self._required_text:
+            value: Any = record.get(path[0]) if len(path) == 1 else get_path(record, path)
             if rule.max_length is not None and len(value) > rule.max_length:
                 return Rejected(
                     FIELD_TOO_LONG,
@@ -294,10 +303,10 @@ class Converter:
                 envelope, self._metadata_fields, mapping.kept_fields, markers, self._additional_limit
             )
         record["additionalEventData"] = additional
-        problem = self._output.check(record, avro=False)
+        problem = self._record_rules.first_problem(record)
         if problem is not None:
             return Rejected(INVALID_OUTPUT, one_line(problem))
-        event_data = serialise(record, self._output.plan)
+        event_data = serialise(record, self._plan)
         event_data.encode("utf-8")  # UnicodeEncodeError (a lone surrogate) -> Rejected by convert()
         return AuditEvent(audit_id, event_data)
 

@@ -23,9 +23,25 @@ _IPV4 = re.compile(
 )
 
 
+def _hex_ipv6() -> re.Pattern[str]:
+    """IPv6 addresses written in hextets only, each of 1 to 4 ASCII hex digits: eight of them,
+    or at most seven around one '::' (which then stands for at least one zero hextet). A subset
+    of what ipaddress accepts (it also reads an IPv4 tail), so a miss still asks ipaddress."""
+    hextet = "[0-9A-Fa-f]{1,4}"
+    forms = [f"{hextet}(?::{hextet}){{7}}"]
+    for before in range(8):  # hextets before the '::'; those after make at most 7 in all
+        head = "" if before == 0 else f"{hextet}(?::{hextet}){{{before - 1}}}"
+        tail = "" if before == 7 else f"(?:{hextet}(?::{hextet}){{0,{6 - before}}})?"
+        forms.append(f"{head}::{tail}")
+    return re.compile("|".join(f"(?:{form})" for form in forms))
+
+
+_IPV6_HEXTETS = _hex_ipv6()
+
+
 def is_ip_address(value: str) -> bool:
     """A valid IPv4 or IPv6 address (as Python's ipaddress reads them), without an IPv6 zone."""
-    if _IPV4.fullmatch(value):  # the common case, without ipaddress's cost
+    if _IPV4.fullmatch(value) or _IPV6_HEXTETS.fullmatch(value):  # the common cases, without ipaddress's cost
         return True
     if "%" in value:  # a scoped IPv6 address is not an address CloudTrail stores
         return False
@@ -113,7 +129,8 @@ def avro_problem(datum: Any, validity: AvroValidity, paths: Mapping[str, str]) -
 
 # --- the CloudTrail record ----------------------------------------------------------------
 
-_KIND_TEXT, _KIND_JSON, _KIND_RECORD = 0, 1, 2
+_KIND_TEXT, _KIND_JSON, _KIND_RECORD, _KIND_FIXED = 0, 1, 2, 3
+# (field, ',"field":' (or, for a fixed value, the whole member), kind, the plan of a record's fields)
 _Plan = tuple[tuple[str, str, int, Any], ...]
 
 
@@ -122,7 +139,7 @@ def _serialisation_plan(fields: Sequence[Mapping[str, Any]]) -> _Plan:
     for field in fields:
         name = field["name"]
         ftype = field["type"]
-        prefix = f"{encode_basestring(name)}:"
+        prefix = f",{encode_basestring(name)}:"
         if isinstance(ftype, dict) and ftype.get("type") == "record":
             plan.append((name, prefix, _KIND_RECORD, _serialisation_plan(ftype["fields"])))
         elif field.get("jsonObject"):
@@ -132,19 +149,42 @@ def _serialisation_plan(fields: Sequence[Mapping[str, Any]]) -> _Plan:
     return tuple(plan)
 
 
-def serialise(record: Mapping[str, Any], plan: _Plan) -> str:
-    members = []
+def fixed_plan(plan: _Plan, constant: Mapping[str, Any]) -> _Plan:
+    """The plan for records whose top-level fields named in `constant` always hold that value:
+    their members are serialised once, here (a None value: left out)."""
+    fixed: list[tuple[str, str, int, Any]] = []
     for name, prefix, kind, sub in plan:
+        if name not in constant or kind == _KIND_RECORD:
+            fixed.append((name, prefix, kind, sub))
+        elif constant[name] is not None:
+            value = constant[name] if kind == _KIND_JSON else encode_basestring(constant[name])
+            fixed.append((name, prefix + value, _KIND_FIXED, None))
+    return tuple(fixed)
+
+
+def serialise(record: Mapping[str, Any], plan: _Plan) -> str:
+    """Compact JSON of the record, members in plan order, None members left out; text fields
+    as JSON strings (not \\u-escaped), JSON object fields (their compact text) as they are."""
+    parts = ["{"]
+    append = parts.append
+    for name, prefix, kind, sub in plan:
+        if kind == _KIND_FIXED:
+            append(prefix)
+            continue
         value = record.get(name)
         if value is None:
             continue
-        if kind == _KIND_JSON:
-            members.append(prefix + value)
-        elif kind == _KIND_RECORD:
-            members.append(prefix + serialise(value, sub))
+        append(prefix)
+        if kind == _KIND_TEXT:
+            append(encode_basestring(value))
+        elif kind == _KIND_JSON:
+            append(value)
         else:
-            members.append(prefix + encode_basestring(value))
-    return "{" + ",".join(members) + "}"
+            append(serialise(value, sub))
+    if len(parts) > 1:
+        parts[1] = parts[1][1:]  # the first member's leading comma
+    append("}")
+    return "".join(parts)
 
 
 def get_path(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -156,38 +196,80 @@ def get_path(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _check_rules(record: Mapping[str, Any], rules: Sequence[FieldRule]) -> str | None:
-    """The first rule of the schema the record breaks, as a message; None when it meets them all.
+class RecordRules:
+    """The rules of the schema, prepared for checking records: `first_problem(record)` gives the
+    first rule the record breaks, as a message, or None when it meets them all.
 
     Checks presence, type (text or nested record) and every limit, so on records built by this
     module it is a complete check against the schema, at a fraction of fastavro's cost.
     """
-    for rule in rules:
-        path = rule.path
-        value = record.get(path[0]) if len(path) == 1 else get_path(record, path)
-        if value is None:
-            if rule.required:
-                return f"{rule.name} is required"
-            continue
-        if rule.record:
-            if not isinstance(value, dict):
-                return f"{rule.name} must be an object"
-            continue
-        if not isinstance(value, str):
-            return f"{rule.name} must be {'a JSON object' if rule.json_object else 'text'}"
-        if rule.max_length is not None and len(value) > rule.max_length:
-            return f"{rule.name} is {len(value)} characters; at most {rule.max_length} allowed"
-        if rule.min_length is not None and len(value) < rule.min_length:
-            return f"{rule.name} is empty" if not value else f"{rule.name} is too short"
-        if rule.pattern is not None and not rule.pattern.fullmatch(value):
-            return f"{rule.name} does not match {rule.pattern.pattern}"
-        if rule.ip_address and not is_ip_address(value):
-            return f"{rule.name} is not an IPv4 or IPv6 address"
-        if rule.max_bytes is not None and utf8_size(value) > rule.max_bytes:
-            return f"{rule.name} is {utf8_size(value)} bytes; at most {rule.max_bytes} allowed"
-        if rule.json_object and not value.startswith("{"):
-            return f"{rule.name} must be a JSON object"
-    return None
+
+    def __init__(self, rules: Sequence[FieldRule]) -> None:
+        self.rules = tuple(rules)
+        # the rule, then its fields unpacked: (rule, first key, second key or None, longer path
+        # or None, required, record, max_length, min_length, pattern, ip_address, max_bytes, json_object)
+        self._steps = tuple(
+            (
+                rule,
+                rule.path[0],
+                rule.path[1] if len(rule.path) == 2 else None,
+                rule.path if len(rule.path) > 2 else None,
+                rule.required,
+                rule.record,
+                rule.max_length,
+                rule.min_length,
+                rule.pattern,
+                rule.ip_address,
+                rule.max_bytes,
+                rule.json_object,
+            )
+            for rule in self.rules
+        )
+
+    def without_constant(self, constant: Mapping[str, Any]) -> RecordRules:
+        """These rules less those of the top-level fields that always hold `constant[name]`,
+        when every such value meets its rules; otherwise all of them, so the first problem of
+        any record stays the same."""
+        fixed = [rule for rule in self.rules if rule.path[0] in constant]
+        if any(len(rule.path) != 1 or rule.record for rule in fixed):
+            return self
+        if RecordRules(fixed).first_problem(constant) is not None:
+            return self
+        return RecordRules([rule for rule in self.rules if rule.path[0] not in constant])
+
+    def first_problem(self, record: Mapping[str, Any]) -> str | None:
+        for step in self._steps:
+            rule, first, second, deep, required, is_record, max_length, min_length, pattern, ip, max_bytes, json = step
+            if second is None and deep is None:
+                value = record.get(first)
+            elif deep is None:  # get_path, inline
+                value = record.get(first) if isinstance(record, dict) else None
+                value = value.get(second) if isinstance(value, dict) else None
+            else:
+                value = get_path(record, deep)
+            if value is None:
+                if required:
+                    return f"{rule.name} is required"
+                continue
+            if is_record:
+                if not isinstance(value, dict):
+                    return f"{rule.name} must be an object"
+                continue
+            if not isinstance(value, str):
+                return f"{rule.name} must be {'a JSON object' if json else 'text'}"
+            if max_length is not None and len(value) > max_length:
+                return f"{rule.name} is {len(value)} characters; at most {max_length} allowed"
+            if min_length is not None and len(value) < min_length:
+                return f"{rule.name} is empty" if not value else f"{rule.name} is too short"
+            if pattern is not None and not pattern.fullmatch(value):
+                return f"{rule.name} does not match {pattern.pattern}"
+            if ip and not is_ip_address(value):
+                return f"{rule.name} is not an IPv4 or IPv6 address"
+            if max_bytes is not None and utf8_size(value) > max_bytes:
+                return f"{rule.name} is {utf8_size(value)} bytes; at most {max_bytes} allowed"
+            if json and not value.startswith("{"):
+                return f"{rule.name} must be a JSON object"
+        return None
 
 
 class OutputSchema:
@@ -197,6 +279,7 @@ class OutputSchema:
         self.schema = schemas.cloudtrail
         self.validity = AvroValidity(self.schema)
         self.rules = schemas.cloudtrail_fields
+        self.record_rules = RecordRules(self.rules)
         self.plan = _serialisation_plan(self.schema["fields"])
         self.json_fields = tuple(rule for rule in self.rules if rule.json_object)
         self.paths: dict[str, str] = {}
@@ -210,7 +293,7 @@ class OutputSchema:
             problem = avro_problem(record, self.validity, self.paths)
             if problem is not None:
                 return problem
-        return _check_rules(record, self.rules)
+        return self.record_rules.first_problem(record)
 
 
 def channel_account(channel_arn: str) -> str:
