@@ -348,7 +348,15 @@ class FlowControl:
         if not self._orphan_feeds.get(partition):
             self._orphan_feeds.pop(partition, None)
         state = self._parts.get(partition)
-        if state is None or (state.acked is not None and offset <= state.acked):
+        if state is None or offset == state.acked:
+            return feeds
+        if state.acked is not None and offset < state.acked:
+            # An older commit stored after a newer one: librdkafka retries a commit that met a
+            # broker restart (transport error, coordinator loading) with jittered backoff, so
+            # two commits can land out of order. Answers come in the order the coordinator
+            # stored them: the broker now holds `offset`. Ask again for the current one.
+            state.acked = offset
+            state.requested = None
             return feeds
         state.acked = offset
         while state.window and state.window[0] < offset:

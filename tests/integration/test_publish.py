@@ -234,7 +234,23 @@ class Pipeline:
 
     def wait_committed_to_end(self, timeout: float = 30.0) -> None:
         end = self.end_offsets()
-        wait_for(lambda: self.committed() == end, timeout=timeout, what=f"committed offsets {end}")
+        seen: list[dict[int, int]] = [{}]
+
+        def at_end() -> bool:
+            seen[0] = self.committed()
+            return seen[0] == end
+
+        try:
+            wait_for(at_end, timeout=timeout, what=f"committed offsets {end}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last committed {seen[0]}\n{self.log_tails()}") from None
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines of every publisher's log, to tell from a failure what each was doing."""
+        return "\n".join(
+            f"--- {process.log_path.name} ---\n" + "\n".join(process.output().splitlines()[-lines:])
+            for process in self.processes
+        )
 
     def close(self) -> None:
         for process in self.processes:

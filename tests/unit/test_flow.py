@@ -128,6 +128,28 @@ def test_a_failed_commit_stops_sending_at_the_window_and_is_asked_again() -> Non
     assert len(flow.sends(now)) == 2
 
 
+def test_an_older_commit_stored_after_a_newer_one_is_followed_by_the_newer_one_again() -> None:
+    """Two commits retried by librdkafka across a broker restart can land out of order: the
+    broker then holds the older offset, and the partition must commit its offset again
+    (otherwise the group's committed offset stays behind for good once the partition is idle)."""
+    flow = FlowControl(CONFIG)
+    flow.assigned([0])
+    feed(flow, 0, range(20))
+    (first, second) = flow.sends(0.0)
+    flow.request_finished(first, accept(first), 0.0)
+    assert flow.commits(0.0) == {0: 10}
+    flow.request_finished(second, accept(second), 0.0)
+    assert flow.commits(0.0) == {0: 20}
+    assert flow.commit_acknowledged(0, 20) == {"f0": 1019}
+    assert flow.commits(0.1) == {}, "acknowledged: nothing to ask"
+    assert flow.commit_acknowledged(0, 10) == {}, "nothing new for SSM"
+    assert flow.commits(0.1) == {0: 20}, "the broker went back to 10: asked again at once"
+    assert flow.commits(0.2) == {}, "then on the usual schedule"
+    assert flow.commit_acknowledged(0, 20) == {"f0": 1019}, "the same feed offsets (SSM keeps them)"
+    assert flow.commits(0.2 + CONFIG.commit_retry_s) == {}
+    assert len(flow.sends(0.2)) == 0 and flow.window(0) == 0
+
+
 def test_a_commit_at_revocation_leaves_the_other_partitions_commits_to_their_schedule() -> None:
     flow = FlowControl(CONFIG)
     flow.assigned([0, 1])
