@@ -229,22 +229,38 @@ class FlowControl:
     # ---- what to send ---------------------------------------------------------------------------
     def sends(self, now: float, force: bool = False) -> list[Send]:
         """Requests to make now. `force` seals open batches whatever their age (shutdown)."""
-        for state in self._parts.values():
-            batch = state.open_batch
-            if batch is not None and len(batch) and (force or now - batch.opened_at >= self.config.linger_s):
-                self._seal(state)
         if self.down_reason is not None:
+            for state in self._parts.values():
+                self._seal_if_due(state, now, force)
             probe = self._probe(now)
             return [] if probe is None else [probe]
         out: list[Send] = []
         for p, state in self._parts.items():
             while state.held:  # already in the window: sending them again does not widen it
                 out.append(self._send(p, state, state.held.pop(0)))
-            while state.ready and len(state.window) < self.config.max_in_flight:
+            while len(state.window) < self.config.max_in_flight:
+                if not state.ready:
+                    self._seal_if_due(state, now, force)
+                if not state.ready:
+                    break
                 batch = state.ready.popleft()
                 state.window.append(batch.entries[-1].offset)
                 out.append(self._send(p, state, batch))
+            if force:
+                self._seal_if_due(state, now, force)
         return out
+
+    def _seal_if_due(self, state: _Partition, now: float, force: bool) -> None:
+        """A batch that is not full is sealed once it waited `linger_s`, and only when it could
+        go out now: while its partition's window is full or batches wait before it, sealing it
+        would only send a part-full request later (a slot of the quota for a few events); left
+        open, it fills up meanwhile. `force` seals it whatever its age."""
+        batch = state.open_batch
+        if batch is None or not len(batch):
+            return
+        could_go = not state.ready and not state.held and len(state.window) < self.config.max_in_flight
+        if force or (could_go and now - batch.opened_at >= self.config.linger_s):
+            self._seal(state)
 
     def _send(self, partition: int, state: _Partition, batch: AuditEventBatch, probe: bool = False) -> Send:
         state.in_flight += 1

@@ -92,6 +92,32 @@ def test_batches_wait_for_linger_unless_full_or_forced() -> None:
     assert [len(s.batch or []) for s in flow.sends(0.3, force=True)] == [3]
 
 
+def test_a_lingering_batch_fills_up_while_its_partition_could_not_send_it_anyway() -> None:
+    """Past linger, a batch is sealed only when it could go out: with the window full it
+    stays open and takes the records that follow, so the quota is not spent on part-full
+    requests during a backlog."""
+    flow = FlowControl(CONFIG)
+    flow.assigned([0])
+    feed(flow, 0, range(20), now=0.0)
+    assert [len(s.batch or []) for s in flow.sends(0.0)] == [10, 10], "the window is full"
+    feed(flow, 0, range(20, 23), now=0.0)
+    assert flow.sends(0.5) == [], "linger is over, but nothing could be sent"
+    feed(flow, 0, range(23, 30), now=0.6)
+    assert flow.commits(0.6) == {}, "nothing finished yet"
+    assert flow.sends(0.7) == []
+    feed(flow, 0, range(30, 32), now=0.7)
+    assert flow.sends(0.7) == [], "the full batch of 20..29 waits for the window"
+    flow.commit_acknowledged(0, 20)  # the window frees: the full batch goes first
+    assert [len(s.batch or []) for s in flow.sends(0.8)] == [10]
+    assert flow.sends(0.85) == [], "30..31 have waited less than linger"
+    assert [len(s.batch or []) for s in flow.sends(0.9)] == [2], "linger over and room in the window"
+    feed(flow, 0, range(32, 35), now=1.0)
+    assert flow.sends(1.0) == []
+    assert [len(s.batch or []) for s in flow.sends(5.0, force=True)] == [], "force seals, the window holds"
+    flow.commit_acknowledged(0, 32)
+    assert [len(s.batch or []) for s in flow.sends(5.0)] == [3]
+
+
 def test_the_window_counts_sent_batches_past_the_last_acknowledged_commit() -> None:
     flow = FlowControl(CONFIG)
     flow.assigned([0])
