@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from falcon_lake import dead_letter
 from falcon_lake.headers import FEED, OFFSET, header_int, header_text
 from falcon_lake.kafka_config import client_config
-from falcon_lake.ops.command import parse_time
+from falcon_lake.ops.command import kafka_error_text, parse_time
 from falcon_lake.ops.lake_client import (
     EventDataStore,
     LakeQueryError,
@@ -416,6 +416,13 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
             lake_ids = lake_id_counts_from_file(args.lake_uids)
     except (OSError, ValueError, RuntimeError, sqlite3.Error) as exc:
         print(f"falcon-lake audit: {exc}", file=sys.stderr)
+        return 2
+    except KafkaException as exc:
+        print(
+            f"falcon-lake audit: cannot read the topics from Kafka at {kafka.bootstrap_servers}: "
+            f"{kafka_error_text(exc)}",
+            file=sys.stderr,
+        )
         return 2
     report = audit(expected, lake_ids, letters, converter, malformed, ingest_letters)
     if args.json:

@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 from falcon_lake.dead_letter import dlq_headers
 from publisher.convert import AuditEvent, Converter
 from publisher.filter import EventFilter
-from tests.support import create_topic
+from tests.support import create_topic, free_port
 
 CID = "0123456789abcdef0123456789abcdef"
 CHANNEL = "arn:aws:cloudtrail:us-east-1:123456789012:channel/demo"
@@ -149,3 +149,13 @@ def test_bad_arguments_give_one_line(kafka_bootstrap: str, tmp_path: Path) -> No
     assert result.returncode == 2 and "FEED:START-END" in result.stderr
     missing = run_audit(["--record", str(tmp_path / "none.ndjson"), "--lake-db", "x.db"], kafka_bootstrap, "t")
     assert missing.returncode == 2 and "none.ndjson" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_an_unreachable_broker_is_one_line_naming_it_and_exit_2(tmp_path: Path) -> None:
+    record = tmp_path / "served.ndjson"
+    record.write_text(json.dumps({"feed": "0", "offset": 1, "event": {"metadata": {}}}) + "\n")
+    nowhere = f"127.0.0.1:{free_port()}"
+    result = run_audit(["--record", str(record), "--lake-db", str(tmp_path / "lake.db")], nowhere, "t")
+    assert result.returncode == 2, result.stderr
+    assert f"cannot read the topics from Kafka at {nowhere}" in result.stderr
+    assert "Traceback" not in result.stderr
