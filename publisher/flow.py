@@ -209,6 +209,16 @@ class FlowControl:
             return set(self._parts)
         return set()
 
+    def pause_reason(self) -> str:
+        """Why `paused()` pauses everything (for the log); "" when it does not."""
+        if self.stopping:
+            return "stopping"
+        if self.down_reason is not None:
+            return f"channel down ({self.down_reason})"
+        if self._idle_paused:
+            return f"budget used up for {self.config.keepalive_s:g}s ({self.tracker.unfinished()} records held)"
+        return ""
+
     def tick(self, now: float) -> None:
         """Time passed: note a budget that stays used up (the loop must keep polling)."""
         free = self.config.max_buffered - self.tracker.unfinished()

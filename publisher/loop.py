@@ -386,8 +386,10 @@ class PublisherLoop:
         topic = self.settings.kafka.topic
         to_pause, to_resume = want - self._paused, self._paused - want
         if to_pause:
+            log.debug("pausing partitions %s: %s", sorted(to_pause), self.flow.pause_reason())
             self.consumer.pause([TopicPartition(topic, p) for p in sorted(to_pause)])
         if to_resume:
+            log.debug("resuming partitions %s", sorted(to_resume))
             self.consumer.resume([TopicPartition(topic, p) for p in sorted(to_resume)])
         self._paused = set(want)
 

@@ -131,6 +131,44 @@ def test_three_publishers_drain_one_backlog_while_one_is_killed_one_leaves_and_o
     assert pipeline.ssm_offsets() == last_offsets(records)
 
 
+@pytest.mark.slow
+def test_partitions_paused_by_backpressure_that_move_away_and_come_back_are_read_again(
+    make_pipeline: Callable[..., Pipeline],  # noqa: F811
+) -> None:
+    """Slow answers keep the consume budget used up, so the publisher pauses its partitions to
+    keep polling without reading. A second member joins while they are paused (a partition
+    moves to it; librdkafka keeps a partition's pause across unassign and assign) and leaves
+    (it comes back to the first one). Records written after that must be read and delivered."""
+    pipeline = make_pipeline(CloudTrailEmulator(CloudTrailEmulatorConfig(port=0, latency_ms="8000", seed=44)))
+    before = falcon_records(per_feed=60, seed=44)  # 300 events on 3 partitions
+    after = falcon_records(per_feed=60, seed=44, first_offset=61)
+    expected = expected_ids(before + after, "all-user-activity")
+    pipeline.produce(before)
+    settings = {
+        "FILTER_PRESET": "all-user-activity",
+        "MAX_IN_FLIGHT_PER_PARTITION": str(IN_FLIGHT),
+        "PUBLISH_MAX_BUFFERED_RECORDS": "200",  # used up at once, and for most of each 8 s answer
+        "SHUTDOWN_TIMEOUT_SECONDS": "5",
+        "LOG_LEVEL": "DEBUG",
+    }
+    first = pipeline.start_publisher(**settings)
+    first.wait_for_log(r"pausing partitions \[0, 1, 2\]: budget used up", timeout=60)
+    second = pipeline.start_publisher(**settings)
+    wait_for(lambda: assigned_count(second.output()) >= 1, timeout=60, what="a partition moved to the second member")
+    revoked = re.search(r"partitions \[([\d, ]+)\] revoked", first.output())
+    assert revoked, "the first member gave partitions up"
+    changes = re.findall(r"(pausing|resuming) partitions", first.output()[: revoked.start()])
+    assert changes[-1] == "pausing", "the partitions were paused when they were revoked"
+    assert second.terminate(timeout=30) == 0
+    first.wait_for_log(rf"assigned partitions \[{revoked.group(1)}\]", timeout=60)
+    pipeline.produce(after)
+    duplicates = everything_delivered(pipeline, expected, "backpressure pause, join, leave")
+    # A clean leave re-sends at most the requests abandoned at its revocation.
+    assert all(n <= IN_FLIGHT * BATCH for n in duplicates.values()), duplicates
+    assert first.terminate() == 0
+    assert pipeline.ssm_offsets() == last_offsets(before + after)
+
+
 @pytest.fixture
 def private_pipeline(
     private_kafka: LocalKafka, moto_endpoint: str, unique_name: Callable[[str], str], tmp_path: Path
