@@ -29,8 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from falcon_lake import dead_letter
 from falcon_lake.headers import FEED, OFFSET, header_int, header_text
-from falcon_lake.kafka_config import client_config
-from falcon_lake.ops.command import kafka_error_text, parse_time
+from falcon_lake.ops.command import REQUEST_TIMEOUT_S, KafkaOps, UsageError, parse_time
 from falcon_lake.ops.lake_client import (
     EventDataStore,
     LakeQueryError,
@@ -109,7 +108,7 @@ def _consume_all(conf: Mapping[str, Any], topic: str) -> Iterable[Any]:
     """Every record of a topic, start to end, without joining a group."""
     consumer = Consumer({**conf, "group.id": "falcon-lake-audit", "enable.auto.commit": False})
     try:
-        metadata = consumer.list_topics(topic, timeout=15)
+        metadata = consumer.list_topics(topic, timeout=REQUEST_TIMEOUT_S)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             return
         for partition in metadata.topics[topic].partitions:
@@ -393,7 +392,12 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     except ValueError as exc:
         print(f"falcon-lake audit: {exc}", file=sys.stderr)
         return 2
-    conf = client_config(kafka)
+    try:
+        ops = KafkaOps(kafka)  # its clients report errors to it instead of logging them
+    except UsageError as exc:
+        print(f"falcon-lake audit: {exc}", file=sys.stderr)
+        return 2
+    conf = ops.config()
     started = time.monotonic()
     try:
         malformed: Counter[str] = Counter()
@@ -418,11 +422,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
         print(f"falcon-lake audit: {exc}", file=sys.stderr)
         return 2
     except KafkaException as exc:
-        print(
-            f"falcon-lake audit: cannot read the topics from Kafka at {kafka.bootstrap_servers}: "
-            f"{kafka_error_text(exc)}",
-            file=sys.stderr,
-        )
+        print(f"falcon-lake audit: {ops.failure(exc, f'read {kafka.topic} and {kafka.dlq_topic}')}", file=sys.stderr)
         return 2
     report = audit(expected, lake_ids, letters, converter, malformed, ingest_letters)
     if args.json:

@@ -279,11 +279,11 @@ class KafkaOps:
         try:
             return future.result(timeout=REQUEST_TIMEOUT_S + 5)
         except KafkaException as exc:
-            raise self._failure(exc, what) from None
+            raise self.failure(exc, what) from None
         except TimeoutError:
             raise self.unreachable(what) from None
 
-    def _failure(self, exc: KafkaException, what: str) -> OpsError:
+    def failure(self, exc: KafkaException, what: str) -> OpsError:
         """The one-line error for a failed look-up: "cannot reach Kafka" when the brokers did not
         answer (transport, time-out, TLS, authentication), else the broker's own reason."""
         error = exc.args[0] if exc.args else None
@@ -350,7 +350,7 @@ class KafkaOps:
                     if code in COORDINATOR_BUSY and time.monotonic() < deadline:
                         time.sleep(0.2)  # a coordinator loading or moving answers again a moment later
                         continue
-                    raise self._failure(exc, f"read the committed offsets of group {group!r}") from None
+                    raise self.failure(exc, f"read the committed offsets of group {group!r}") from None
         finally:
             consumer.close()
         return {tp.partition: tp for tp in found}

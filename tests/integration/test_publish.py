@@ -216,7 +216,11 @@ class Pipeline:
         return Counter(event.id for event in self.emulator.events())
 
     def wait_rows(self, ids: set[str], timeout: float = 60.0) -> Counter[str]:
-        wait_for(lambda: ids <= set(self.rows()), timeout=timeout, what=f"{len(ids)} ids in the lake")
+        try:
+            wait_for(lambda: ids <= set(self.rows()), timeout=timeout, what=f"{len(ids)} ids in the lake")
+        except AssertionError as exc:
+            stored = len(ids & set(self.rows()))
+            raise AssertionError(f"{exc}; {stored} stored\n{self.log_tails()}") from None
         return self.rows()
 
     def ssm_offsets(self) -> dict[str, int]:
