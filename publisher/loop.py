@@ -33,6 +33,7 @@ from publisher.deliveries import Completion, Deliveries
 from publisher.filter import EventFilter, Filtered
 from publisher.flow import FlowConfig, FlowControl, Send
 from publisher.group_lag import GroupLag
+from publisher.membership import MembershipWatch, close_within
 from publisher.metrics import PublisherMetrics
 from publisher.rate_limit import AdaptiveRateLimiter
 
@@ -55,6 +56,7 @@ IDLE_WAIT_S = 0.05
 SERVE_EVERY_S = 0.01
 # Reading the commits of newly assigned partitions (for SSM): how long to wait, when to retry.
 CATCH_UP_TIMEOUT_S, CATCH_UP_RETRY_S = 2.0, 5.0
+CLOSE_STUCK_S = 10.0  # closing a consumer that fell out of its group
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,8 @@ class PublisherLoop:
         self._last_consume = 0.0
         self._share = -1.0
         self.fatal: str | None = None
+        self.membership = MembershipWatch()
+        self.out_of_group = False
         self.assigned_once = False
         self.counts = {"consumed": 0, "filtered": 0, "accepted": 0, "dead_lettered": 0, "requests": 0}
 
@@ -400,6 +404,11 @@ class PublisherLoop:
             if reading is not None and reading.seq != self._lag_seen:
                 self._lag_seen = reading.seq
                 self.flow.group_backlog(reading.backlog, reading.partitions)
+                member = self.consumer.memberid()
+                stuck = self.membership.observe(time.monotonic(), bool(self.flow.owned), member, reading.members)
+                if stuck is not None:
+                    self.out_of_group = True
+                    self._fail(stuck)
         share = self.flow.rate_share(self.settings.rate_limit_rps)
         if self.limiter is not None and abs(share - self._share) > 0.01:
             log.info("request rate share %.1f/s of the group's %.0f/s", share, self.settings.rate_limit_rps)
@@ -538,7 +547,10 @@ class PublisherLoop:
         self.conversions.close()
         # Revocation during close must not commit again or wait for anything.
         self.flow.revoked(self.flow.owned)
-        self.consumer.close()
+        if not self.out_of_group:
+            self.consumer.close()
+        elif not close_within(self.consumer, CLOSE_STUCK_S):  # its LeaveGroup may never be answered
+            log.warning("the Kafka consumer did not close within %.0fs; exiting without it", CLOSE_STUCK_S)
         if self.fatal is not None:
             log.error("stopped on a fatal error: %s", self.fatal)
             return 1

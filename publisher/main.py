@@ -15,7 +15,7 @@ import boto3
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from falcon_lake.aws import aws_client
-from falcon_lake.kafka_config import consumer_config, producer_config
+from falcon_lake.kafka_config import client_config, consumer_config, producer_config
 from falcon_lake.logs import secrets_to_redact, setup_logging
 from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.ops_server import OpsServer
@@ -120,7 +120,9 @@ def build(settings: PublisherSettings, stop: threading.Event) -> tuple[Publisher
         loops[0].on_commit(err, partitions)  # the loop exists before any commit is made
 
     consumer = Consumer(consumer_config(settings.kafka, None, on_commit=on_commit, **FETCH_CONFIG))
-    lag = GroupLag(consumer_config(settings.kafka, None), settings.kafka.topic)
+    lag = GroupLag(
+        consumer_config(settings.kafka, None), settings.kafka.topic, admin_config=client_config(settings.kafka)
+    )
     dlq = Producer(producer_config(settings.kafka, **{"linger.ms": 5}))
     loop = PublisherLoop(
         settings,

@@ -11,7 +11,9 @@ from falcon_lake.settings import load_publisher
 from publisher.cloudtrail import ChannelHealth, CloudTrailSender
 from publisher.convert import Converter
 from publisher.filter import EventFilter
+from publisher.group_lag import LagReading
 from publisher.loop import PublisherLoop
+from publisher.membership import MembershipWatch
 from publisher.metrics import PublisherMetrics
 from publisher.rate_limit import AdaptiveRateLimiter
 
@@ -48,6 +50,10 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.paused: set[int] = set()
         self.commits: list[list[TopicPartition]] = []
+        self.member: str | None = None
+
+    def memberid(self) -> str | None:
+        return self.member
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused |= {tp.partition for tp in partitions}
@@ -190,3 +196,33 @@ def test_commit_metadata_ignores_what_other_tools_wrote_and_never_exceeds_the_br
     assert feeds_of("[1, 2]") == {}
     assert commit_metadata({}) is None
     assert commit_metadata({f"feed-{i}": i for i in range(1000)}) is None, "over 4,000 bytes: no metadata"
+
+
+class StaticLag:
+    """Group readings as GroupLag's thread would hand them over."""
+
+    def __init__(self) -> None:
+        self.reading: LagReading | None = None
+
+    def latest(self) -> LagReading | None:
+        return self.reading
+
+
+def test_a_member_missing_from_its_group_stops_the_loop_with_a_reason_and_one_that_is_listed_does_not() -> None:
+    consumer = FakeConsumer()
+    loop = make_loop(consumer, BrokenDlq())
+    lag = StaticLag()
+    loop.lag = lag  # type: ignore[assignment]
+    loop.membership = MembershipWatch(limit_s=0.0)
+    consumer.member = "falcon-lake-1"
+    lag.reading = LagReading(1, set(), 3, frozenset({"falcon-lake-1", "falcon-lake-2"}))
+    loop._update_share()
+    lag.reading = LagReading(2, {0}, 3, frozenset({"falcon-lake-1", "falcon-lake-2"}))
+    loop._update_share()
+    assert loop.fatal is None, "listed without partitions: an idle member of a larger group"
+    lag.reading = LagReading(3, {0}, 3, frozenset({"falcon-lake-2"}))
+    loop._update_share()
+    lag.reading = LagReading(4, {0}, 3, frozenset({"falcon-lake-2"}))
+    loop._update_share()
+    assert loop.fatal is not None and "out of consumer group" in loop.fatal and "falcon-lake-1" in loop.fatal
+    assert loop.out_of_group and loop.stop.is_set()
