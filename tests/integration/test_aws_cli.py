@@ -76,12 +76,13 @@ def audit_events(count: int) -> list[dict[str, str]]:
     ]
 
 
-def test_put_audit_events_from_the_cli_are_stored_and_answered_as_aws_does(
-    aws: Callable[..., subprocess.CompletedProcess[str]], emulator: CloudTrailEmulator, tmp_path: Path
-) -> None:
+def put_audit_events(
+    aws: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, count: int
+) -> subprocess.CompletedProcess[str]:
+    """`aws cloudtrail-data put-audit-events` of `count` events from a file, as the CLI's docs show."""
     events = tmp_path / "events.json"
-    events.write_text(json.dumps(audit_events(3)))
-    result = aws(
+    events.write_text(json.dumps(audit_events(count)))
+    return aws(
         "cloudtrail-data",
         "put-audit-events",
         "--channel-arn",
@@ -89,6 +90,12 @@ def test_put_audit_events_from_the_cli_are_stored_and_answered_as_aws_does(
         "--audit-events",
         f"file://{events}",
     )
+
+
+def test_put_audit_events_from_the_cli_are_stored_and_answered_as_aws_does(
+    aws: Callable[..., subprocess.CompletedProcess[str]], emulator: CloudTrailEmulator, tmp_path: Path
+) -> None:
+    result = put_audit_events(aws, tmp_path, 3)
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["failed"] == []
@@ -100,16 +107,7 @@ def test_put_audit_events_from_the_cli_are_stored_and_answered_as_aws_does(
 def test_the_query_api_from_the_cli_lists_the_store_runs_sql_and_pages_results(
     aws: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
-    events = tmp_path / "events.json"
-    events.write_text(json.dumps(audit_events(5)))
-    put = aws(
-        "cloudtrail-data",
-        "put-audit-events",
-        "--channel-arn",
-        DEFAULT_CHANNEL_ARN,
-        "--audit-events",
-        f"file://{events}",
-    )
+    put = put_audit_events(aws, tmp_path, 5)
     assert put.returncode == 0, put.stderr
 
     stores = aws("cloudtrail", "list-event-data-stores")
