@@ -205,12 +205,10 @@ class FlowControl:
 
     def paused(self) -> set[int]:
         """Owned partitions that must be paused now; the others must not be."""
-        if self.stopping or self.down_reason is not None or self._idle_paused:
-            return set(self._parts)
-        return set()
+        return set(self._parts) if self.pause_reason() else set()
 
     def pause_reason(self) -> str:
-        """Why `paused()` pauses everything (for the log); "" when it does not."""
+        """Why every owned partition must be paused now (also for the log); "" when none must."""
         if self.stopping:
             return "stopping"
         if self.down_reason is not None:

@@ -398,7 +398,7 @@ class PublisherLoop:
         self._paused = set(want)
 
     def _update_share(self) -> None:
-        """This member's part of the group's request rate (PUT_RATE_LIMIT is the group's)."""
+        """This member's share of the group's PUT_RATE_LIMIT; each new reading also feeds MembershipWatch."""
         if self.lag is not None:
             reading = self.lag.latest()
             if reading is not None and reading.seq != self._lag_seen:
