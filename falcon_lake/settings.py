@@ -104,6 +104,12 @@ class FalconSettings:
     secrets_region: str | None
 
 
+def drain_seconds(shutdown_timeout_s: float) -> float:
+    """The part of the SIGTERM budget spent draining. The rest is kept for closing the clients, the ops
+    server and the interpreter's exit, so that the process is gone before the orchestrator's SIGKILL."""
+    return shutdown_timeout_s - min(1.5, shutdown_timeout_s / 4)
+
+
 @dataclass(frozen=True)
 class IngestorSettings:
     falcon: FalconSettings

@@ -22,7 +22,7 @@ from falcon_lake.kafka_config import admin_client, client_config, ensure_topic, 
 from falcon_lake.logs import secrets_to_redact, setup_logging
 from falcon_lake.offset_store import OffsetStoreError, SsmOffsetStore
 from falcon_lake.ops_server import OpsServer
-from falcon_lake.settings import IngestorSettings, Secret, SettingsError, load_ingestor
+from falcon_lake.settings import IngestorSettings, Secret, SettingsError, drain_seconds, load_ingestor
 from ingestor.falcon_api import FalconClient
 from ingestor.metrics import IngestorMetrics
 from ingestor.resume import PartitionCountChanged, ResumePoint, check_partition_count, resume_points
@@ -238,9 +238,8 @@ class Ingestor:
         return self._shutdown(ops)
 
     def _shutdown(self, ops: OpsServer | None) -> int:
-        budget = self.settings.shutdown_timeout_s
-        # Keep a margin inside the budget for the ops server, the signal's wait and the interpreter's exit.
-        deadline = time.monotonic() + budget - min(1.0, budget / 4)
+        began = time.monotonic()
+        deadline = began + drain_seconds(self.settings.shutdown_timeout_s)
         assert self.supervisor is not None and self.sink is not None and self.producer is not None
         log.info("stopping: closing streams and flushing Kafka (up to %.0fs)", self.settings.shutdown_timeout_s)
         self.supervisor.wake()
@@ -264,7 +263,7 @@ class Ingestor:
             return 1
         if left:
             log.warning("%d events were not yet in Kafka at exit; the next start reads them again", left)
-        log.info("stopped; next offsets %s", self.supervisor.positions())
+        log.info("stopped in %.1fs; next offsets %s", time.monotonic() - began, self.supervisor.positions())
         return 0
 
 

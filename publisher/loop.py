@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from falcon_lake import dead_letter
 from falcon_lake.headers import CREATED_MS, EVENT_TYPE, FEED, OFFSET, as_bytes_pairs, first_values, int_of, text_of
 from falcon_lake.offset_store import SsmOffsetStore
-from falcon_lake.settings import PublisherSettings
+from falcon_lake.settings import PublisherSettings, drain_seconds
 from publisher.batch import BatchEntry
 from publisher.cloudtrail import ChannelHealth, CloudTrailSender, delivery_workers
 from publisher.commits import commit_list, committed_feeds
@@ -520,7 +520,7 @@ class PublisherLoop:
         return self._shutdown()
 
     def _shutdown(self) -> int:
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        deadline = time.monotonic() + drain_seconds(self.settings.shutdown_timeout_s)
         log.info("stopping: delivering what was consumed (up to %.0fs)", self.settings.shutdown_timeout_s)
         self.flow.stop()
         self._apply_pauses()  # pause every partition: nothing new is read

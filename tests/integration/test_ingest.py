@@ -217,8 +217,8 @@ def assert_exactly_once(
 
 def stopped_positions(process: Process) -> dict[str, int]:
     """The next offsets the ingestor logged when it stopped cleanly."""
-    match = re.search(r"stopped; next offsets (\{.*\})", process.output())
-    assert match is not None, f"no 'stopped; next offsets' line:\n{process.output()[-2000:]}"
+    match = re.search(r"stopped in [0-9.]+s; next offsets (\{.*\})", process.output())
+    assert match is not None, f"no 'stopped in ...; next offsets' line:\n{process.output()[-2000:]}"
     positions: dict[str, int] = ast.literal_eval(match.group(1))
     return positions
 

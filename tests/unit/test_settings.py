@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from falcon_lake.offset_store import merge_offsets, parse_offsets_value
-from falcon_lake.settings import Secret, SettingsError, load_ingestor, load_publisher
+from falcon_lake.settings import Secret, SettingsError, drain_seconds, load_ingestor, load_publisher
 
 BASE = {"FALCON_CLIENT_ID": "id", "FALCON_CLIENT_SECRET": "s3cr3t-value"}
 CHANNEL = "arn:aws:cloudtrail:eu-west-1:123456789012:channel/abc-123"
@@ -110,3 +110,9 @@ def test_offsets_value_reads_json_and_the_old_gateway_dict() -> None:
 
 def test_merge_keeps_the_highest_offset_per_feed() -> None:
     assert merge_offsets({"0": 5, "1": 9}, {"0": 7, "1": 3}, {"2": 1}) == {"0": 7, "1": 9, "2": 1}
+
+
+def test_the_drain_leaves_time_to_close_and_exit_before_the_shutdown_timeout() -> None:
+    assert drain_seconds(20.0) == 18.5
+    assert drain_seconds(5.0) == 3.75
+    assert drain_seconds(1.0) == 0.75
