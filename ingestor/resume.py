@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from falcon_lake import headers as headers_
 from falcon_lake.partitioner import partition_for
@@ -27,6 +27,15 @@ from falcon_lake.partitioner import partition_for
 log = logging.getLogger(__name__)
 
 SCAN_WINDOW = 2_000
+# Answers about a partition whose leader is not known yet (a topic created a moment ago, a broker that
+# just restarted, a client whose metadata is older than the topic): asked again until the deadline.
+LEADER_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._UNKNOWN_TOPIC,
+}
 
 
 @dataclass(frozen=True)
@@ -36,10 +45,27 @@ class ResumePoint:
     source: str  # "kafka", "ssm", "config"
 
 
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout_s: float = 30.0) -> tuple[int, int]:
+    """The partition's low and high watermarks, asking again while its leader is moving."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=max(1.0, deadline - time.monotonic()), cached=False
+            )
+            return low, high
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError) or err.code() not in LEADER_MOVING or time.monotonic() > deadline:
+                raise
+            log.debug("watermarks of %s[%d]: %s; asking again", topic, partition, err.str())
+            time.sleep(0.2)
+
+
 def last_offset_in_topic(consumer: Consumer, topic: str, partition: int, feed: str) -> int | None:
     """The highest falcon.offset the ingestor wrote for `feed` in the partition, reading backwards window
     by window; redriven records are passed over, however many there are."""
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30, cached=False)
+    low, high = watermarks(consumer, topic, partition)
     end = high
     while end > low:
         start = max(low, end - SCAN_WINDOW)
@@ -90,7 +116,7 @@ def check_partition_count(consumer: Consumer, topic: str, partitions: int, timeo
         time.sleep(0.2)
     assignment = []
     for partition in range(partitions):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30, cached=False)
+        low, high = watermarks(consumer, topic, partition, max(1.0, deadline - time.monotonic()))
         if high > low:
             assignment.append(TopicPartition(topic, partition, high - 1))
     if not assignment:

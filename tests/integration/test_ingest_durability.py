@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -167,6 +167,26 @@ def test_more_partitions_than_the_records_were_written_for_stops_the_ingestor_wi
     assert "Never add partitions to the raw topic" in line
     assert "Traceback" not in second.output()
     assert harness.count() == 600  # nothing written by the refused start
+
+
+def test_watermarks_wait_for_a_partition_whose_leader_is_not_known_yet(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    # The ingestor reads watermarks right after creating its topic, before every broker knows the
+    # new partitions' leader (seen: NOT_LEADER_FOR_PARTITION): that is waited out, not a failed start.
+    topic = unique_name("leaderless")
+    consumer = _consumer(kafka_bootstrap)
+    try:
+        with pytest.raises(KafkaException, match=r"Unknown partition|Unknown topic"):
+            resume.watermarks(consumer, topic, 0, timeout_s=2)
+        later = threading.Timer(1.5, create_topic, args=(kafka_bootstrap, topic, 2))
+        later.start()
+        try:
+            assert resume.watermarks(consumer, topic, 1, timeout_s=30) == (0, 0)
+        finally:
+            later.join()
+    finally:
+        consumer.close()
 
 
 def test_check_partition_count_passes_records_without_the_header_and_an_empty_topic(
