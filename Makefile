@@ -23,10 +23,17 @@ help:
 
 venv: $(STAMP)
 
+# uv (from PyPI) installs the pinned set in seconds instead of pip's minute; pip is the fallback.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	@if $(BIN)/python -m pip install -q -c constraints.txt uv 2>/dev/null \
+		&& $(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e ".[dev]"; then \
+		echo "virtualenv: installed with uv"; \
+	else \
+		echo "virtualenv: uv unavailable, installing with pip"; \
+		$(BIN)/python -m pip install -q --upgrade pip && \
+		$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"; \
+	fi
 	@touch $(STAMP)
 
 demo: $(STAMP)
