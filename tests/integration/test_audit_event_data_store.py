@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
 from emulators.cloudtrail import CloudTrailEmulator, CloudTrailEmulatorConfig
 from publisher.convert import AuditEvent, Converter
@@ -104,6 +105,7 @@ def test_every_fate_through_the_query_api_matches_the_database(
         assert early.returncode == 1 and json.loads(early.stdout)["delivered"] == 0
 
 
+@pytest.mark.slow
 def test_failed_timed_out_throttled_and_unknown_queries_end_in_one_line(
     kafka_bootstrap: str, tmp_path: Path, unique_name: Callable[[str], str]
 ) -> None:
