@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -59,6 +59,7 @@ from emulators.cloudtrail_validation import (
     channel_account,
     parse_event_data,
 )
+from emulators.http_server import EmulatorHTTPServer
 from emulators.lake_query import DEFAULT_EVENT_DATA_STORE_ARN, ApiError, EventDataStoreService, operation_of
 
 log = logging.getLogger("emulators.cloudtrail")
@@ -1098,10 +1099,8 @@ def _sigv4_signature(
     return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(EmulatorHTTPServer):
     allow_reuse_address = True
-    request_queue_size = 128
 
     def __init__(self, host: str, port: int, emulator: CloudTrailEmulator) -> None:
         if ":" in host:

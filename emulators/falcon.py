@@ -42,12 +42,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from emulators.falcon_events import EventFileError, EventGenerator, FileEvent, load_event_file
+from emulators.http_server import EmulatorHTTPServer
 
 log = logging.getLogger("emulators.falcon")
 
@@ -373,9 +374,7 @@ class _Recorder:
 # -- the emulator ---------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
+class _Server(EmulatorHTTPServer):
     emulator: FalconEmulator
 
 

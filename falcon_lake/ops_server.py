@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+log = logging.getLogger(__name__)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A probe that hangs up mid-answer is routine, not a traceback in the process log.
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("ops client %s went away: %s", client_address, error)
+            return
+        super().handle_error(request, client_address)
 
 
 class OpsServer:
@@ -52,8 +68,7 @@ class OpsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # probes every few seconds would drown the process log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), Handler)
         self.port: int = self._server.server_address[1]
         # serve_forever checks for shutdown every poll interval: the default 0.5 s would spend a tenth of
         # a short SIGTERM budget waiting for the ops thread.
