@@ -15,10 +15,12 @@ Control endpoints for tests and the demo (no auth, never rate limited):
 `GET /_emulator/stats`, `GET|POST /_emulator/faults` (JSON object of fault names, see `Faults`;
 `"reset": true` clears all first), `POST /_emulator/events` (`{"count": N}` appends N events per feed).
 
-Malformed lines (`malformed_every`): the malformed line is an *extra* line, inserted just before
-the event it replaces on the wire; that event still follows intact on the same connection, so
-no offset is ever lost. The malformed line is the first half of the event's JSON (a truncated
-object, valid UTF-8, carrying no parseable offset) and is recorded with `"malformed": true`.
+Malformed lines (`malformed_every`): the event at every Nth offset of a feed is preceded by an
+*extra* line, each time it is served; the event still follows intact on the same connection, so
+no offset is ever lost, and a reader that reconnects meets the same malformed line again before
+the same event (as it would meet a bad record stored in the stream). The malformed line is the
+first half of the event's JSON (a truncated object, valid UTF-8, carrying no parseable offset)
+and is recorded once per position with `"malformed": true` and the offset of the event it precedes.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class Faults:
     - rate_limit_every: every Nth API request answers 429 (`X-Ratelimit-Retryafter`: an epoch
       second at least 1 s away; `X-Ratelimit-Remaining: 0`), as Falcon does.
     - token_5xx_every / discovery_5xx_every: every Nth token / discovery request answers 503.
-    - malformed_every: every Nth event line served is preceded by a malformed line (see module doc).
+    - malformed_every: the event at every Nth offset of a feed is preceded by a malformed line (see module doc).
     - idle_gap_every + idle_gap_seconds: pause that long after every N events on a stream.
     - expire_sessions_after: a session dies this many seconds after discovery, refreshed or not.
     - end_without_newline_every: end a stream cleanly (terminating chunk) after N events on it, the
@@ -332,6 +334,7 @@ class _Recorder:
 
     def __init__(self, path: Path) -> None:
         self._highest: dict[str, int] = {}
+        self._malformed: set[tuple[str, int]] = set()  # (feed, offset of the event it precedes)
         if path.exists():
             # Continue an earlier run's file without recording its offsets again.
             with path.open("rb") as handle:
@@ -340,8 +343,12 @@ class _Recorder:
                         entry = json.loads(raw)
                     except ValueError:
                         continue
-                    if isinstance(entry, dict) and not entry.get("malformed") and isinstance(entry.get("offset"), int):
-                        feed = str(entry.get("feed"))
+                    if not isinstance(entry, dict) or not isinstance(entry.get("offset"), int):
+                        continue
+                    feed = str(entry.get("feed"))
+                    if entry.get("malformed"):
+                        self._malformed.add((feed, entry["offset"]))
+                    else:
                         self._highest[feed] = max(self._highest.get(feed, entry["offset"]), entry["offset"])
         self._file = path.open("ab")
         self._lock = threading.Lock()
@@ -355,6 +362,9 @@ class _Recorder:
             highest = self._highest.get(feed)
             for offset, line, malformed in served:
                 if malformed:
+                    if (feed, offset) in self._malformed:
+                        continue
+                    self._malformed.add((feed, offset))
                     entry = {"feed": feed, "offset": offset, "malformed": True, "line": line.decode()}
                     parts.append(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
                 elif highest is None or offset > highest:
@@ -543,7 +553,8 @@ class FalconEmulator:
         Keys: tokens_issued, token_failures (bad credentials), discoveries (200 answers),
         empty_discoveries (appId held), streams_opened, streams_closed, streams_active,
         refreshes (successful), refresh_failures (404s), sessions_expired, api_requests,
-        events_served {feed: event lines written, re-serves included}, malformed_served {feed: n},
+        events_served {feed: event lines written, re-serves included}, malformed_served {feed: malformed
+        lines written, re-serves included},
         faults_injected {fault name: times it hit}, faults (in force now), next_offset {feed: head}.
         """
         now = time.monotonic()
@@ -675,15 +686,14 @@ class FalconEmulator:
         """The wire bytes for a batch of events, with malformed lines inserted; counts and records them."""
         every = faults.malformed_every
         with self._lock:
-            first = self._counters["lines_served"]
             self._counters["lines_served"] += len(batch)
             self._served[feed] += len(batch)
         if not every and self._recorder is None:
             return b"\n".join([e[2] for e in batch]) + b"\n"
         served: list[tuple[int, bytes, bool]] = []
         bad = 0
-        for index, (offset, _, line) in enumerate(batch):
-            if every and (first + index + 1) % every == 0:
+        for offset, _, line in batch:
+            if every and offset % every == 0:
                 # Cut at a character boundary: the line stays valid UTF-8 but is not a JSON object.
                 truncated = line[: len(line) // 2].decode("utf-8", "ignore").encode()
                 served.append((offset, truncated, True))

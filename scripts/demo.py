@@ -412,7 +412,7 @@ def run(total: int, feeds: int, rate: int, quiet: bool, stack: ExitStack, work: 
         ("accepted by CloudTrail Lake", f"{int(accepted):,}"),
         ("filtered by named rules", f"{int(pub.get('falcon_lake_publish_filtered_total', 0)):,}"),
         ("dead-lettered (publisher)", f"{int(pub.get('falcon_lake_publish_dead_lettered_total', 0)):,}"),
-        ("malformed lines dead-lettered (ingestor)", f"{int(ing.get('falcon_lake_ingest_dead_lettered_total', 0)):,}"),
+        ("ingestor DLQ records (re-reads included)", f"{int(ing.get('falcon_lake_ingest_dead_lettered_total', 0)):,}"),
         ("PutAuditEvents calls", f"{int(calls):,}  ({calls / max(accepted, 1):.3f} per event)"),
         ("throttled / failed entries re-sent", f"{int(pub.get('falcon_lake_publish_retries_total', 0)):,} requests"),
         ("SSM writes", f"{int(pub.get('falcon_lake_publish_ssm_writes_total', 0))}"),

@@ -43,6 +43,25 @@ def falcon_event(offset: int, event_type: str = "AuthActivityAuditEvent") -> dic
     }
 
 
+def lake_db(tmp_path: Path, stored: list[dict[str, object]]) -> Path:
+    """An emulator lake database holding these Falcon events, converted as the publisher would."""
+    converter = Converter(CHANNEL, EventFilter.from_preset("gateway"))
+    db = tmp_path / "lake.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE audit_events(event_id TEXT PRIMARY KEY, id TEXT, channel_arn TEXT, "
+            "event_data TEXT, received_at TEXT)"
+        )
+        for n, event in enumerate(stored):
+            audit_event = converter.convert(json.dumps(event).encode(), "0")
+            assert isinstance(audit_event, AuditEvent)
+            conn.execute(
+                "INSERT INTO audit_events VALUES (?,?,?,?,?)",
+                (f"e{n}", audit_event.id, CHANNEL, audit_event.event_data, "2026-11-27T00:00:00.000Z"),
+            )
+    return db
+
+
 def setup(tmp_path: Path, bootstrap: str, topic: str) -> tuple[Path, Path]:
     """Offsets 1-6 of feed 0: 1-3 delivered (2 twice), 4 filtered, 5 dead-lettered, 6 missing."""
     events = (
@@ -57,20 +76,7 @@ def setup(tmp_path: Path, bootstrap: str, topic: str) -> tuple[Path, Path]:
             for e in events
         )
     )
-    converter = Converter(CHANNEL, EventFilter.from_preset("gateway"))
-    db = tmp_path / "lake.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "CREATE TABLE audit_events(event_id TEXT PRIMARY KEY, id TEXT, channel_arn TEXT, "
-            "event_data TEXT, received_at TEXT)"
-        )
-        for n, offset in enumerate((1, 2, 2, 3)):
-            audit_event = converter.convert(json.dumps(events[offset - 1]).encode(), "0")
-            assert isinstance(audit_event, AuditEvent)
-            conn.execute(
-                "INSERT INTO audit_events VALUES (?,?,?,?,?)",
-                (f"e{n}", audit_event.id, CHANNEL, audit_event.event_data, "2026-11-27T00:00:00.000Z"),
-            )
+    db = lake_db(tmp_path, [events[offset - 1] for offset in (1, 2, 2, 3)])
     create_topic(bootstrap, topic)
     create_topic(bootstrap, f"{topic}.dlq")
     producer = Producer({"bootstrap.servers": bootstrap})
@@ -142,6 +148,49 @@ def test_audit_from_the_raw_topic_with_a_required_range(
     assert report["missing"] == 2
     assert {m["offset"] for m in report["missing_sample"]} == {7, 8}
     assert all(m["detail"] == "absent from the raw topic" for m in report["missing_sample"])
+
+
+def test_unparsable_lines_and_events_too_large_for_kafka_are_accounted_for(
+    kafka_bootstrap: str, tmp_path: Path, unique_name: Callable[[str], str]
+) -> None:
+    """Offsets 1-4 of feed 0, all delivered but 4, which was too large for Kafka (ingest DLQ). The stream
+    served malformed lines before offsets 2 and 4; only the first reached the DLQ (read twice)."""
+    topic = unique_name("audit-lines")
+    events = [falcon_event(o) for o in (1, 2, 3, 4)]
+    record = tmp_path / "served.ndjson"
+    entries = [{"feed": "0", "offset": 2, "malformed": True, "line": '{"metad'}]
+    entries += [{"feed": "0", "offset": o, "event": e} for o, e in zip((1, 2, 3, 4), events, strict=True)]
+    entries += [{"feed": "0", "offset": 4, "malformed": True, "line": '{"meta'}]
+    record.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    db = lake_db(tmp_path, events[:3])
+    create_topic(kafka_bootstrap, topic)
+    create_topic(kafka_bootstrap, f"{topic}.dlq")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for event in events[:3]:
+        offset = str(event["metadata"]["offset"]).encode()  # type: ignore[index]
+        headers = [("falcon.feed", b"0"), ("falcon.offset", offset)]
+        producer.produce(topic, key=b"0", value=json.dumps(event).encode(), headers=headers)
+    for _ in range(2):  # a reconnect met the same line again
+        headers = dlq_headers("ingest", "undecodable", "invalid JSON", [("falcon.feed", b"0")], last_good_offset=1)
+        producer.produce(f"{topic}.dlq", key=b"0", value=b'{"metad', headers=headers)
+    too_large = dlq_headers("ingest", "too_large", "big", [("falcon.feed", b"0"), ("falcon.offset", b"4")])
+    producer.produce(f"{topic}.dlq", key=b"0", value=b"{}", headers=too_large)
+    assert producer.flush(30) == 0
+
+    result = run_audit(["--record", str(record), "--lake-db", str(db), "--json"], kafka_bootstrap, topic)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["delivered"] == 3 and report["dead_lettered"] == {"ingest:too_large": 1} and report["missing"] == 0
+    assert report["malformed_lines_served"] == 2 and report["malformed_lines_dead_lettered"] == 1
+    assert report["malformed_lines_not_dead_lettered"] == [{"feed": "0", "before_offset": 4}]
+    text = run_audit(["--record", str(record), "--lake-db", str(db)], kafka_bootstrap, topic).stdout
+    assert "malformed lines      2 served, 1 in the DLQ" in text
+    assert "feed 0, the line before offset 4: not in the DLQ" in text and "RESULT: nothing lost" in text
+
+    # From the raw topic, offset 4 is absent there but its fate is in the DLQ.
+    from_topic = run_audit(["--from-topic", "--range", "0:1-4", "--lake-db", str(db), "--json"], kafka_bootstrap, topic)
+    assert from_topic.returncode == 0, from_topic.stdout + from_topic.stderr
+    assert json.loads(from_topic.stdout)["dead_lettered"] == {"ingest:too_large": 1}
 
 
 def test_bad_arguments_give_one_line(kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -484,6 +484,15 @@ def test_malformed_every_inserts_a_bad_line_and_loses_no_event(make_emulator: Ma
     assert [(e["offset"], e.get("malformed", False)) for e in entries if e.get("malformed")] == [(4, True), (8, True)]
     assert [e["offset"] for e in entries if not e.get("malformed")] == list(range(1, 11))
 
+    # A reader that reconnects meets the same line before the same event; the record keeps one per place.
+    again = client.open(client.discover()[0], query="&offset=2")
+    relines = read_lines(again, 11)
+    again.close()
+    assert relines[2] == lines[3] and relines[7] == lines[8]
+    assert emulator.stats()["malformed_served"] == {"0": 4}
+    entries = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [e["offset"] for e in entries if e.get("malformed")] == [4, 8]
+
 
 def test_idle_gap_pauses_the_stream(make_emulator: MakeEmulator) -> None:
     emulator = make_emulator(events=6, faults=Faults(idle_gap_every=3, idle_gap_seconds=0.5))
