@@ -61,7 +61,7 @@ class AuditReport:
     dead_lettered: Counter[str] = field(default_factory=Counter)  # reason -> count
     filtered: Counter[str] = field(default_factory=Counter)  # rule -> count
     missing: list[tuple[str, int, str]] = field(default_factory=list)  # feed, offset, expected id or reason
-    malformed_expected: int = 0
+    malformed_expected: int | None = None  # None: what the stream served is unknown (no record file)
     malformed_dead_lettered: int = 0
     malformed_not_dead_lettered: list[tuple[str, int]] = field(default_factory=list)  # feed, offset after it
     unexpected_in_lake: int = 0
@@ -282,10 +282,12 @@ def audit(
             else:
                 report.missing.append((event.feed, event.offset, f"rejected {outcome.code}, not in the DLQ"))
     report.unexpected_in_lake = sum(1 for uid in lake_ids if uid not in expected_ids)
-    served, letters = malformed_served or set(), malformed_dead_lettered or set()
-    report.malformed_expected = len(served)
-    report.malformed_dead_lettered = len(served & letters)
-    report.malformed_not_dead_lettered = sorted(served - letters, key=lambda p: (p[0], p[1]))
+    letters = malformed_dead_lettered or set()
+    report.malformed_dead_lettered = len(letters)
+    if malformed_served is not None:
+        report.malformed_expected = len(malformed_served)
+        report.malformed_dead_lettered = len(malformed_served & letters)
+        report.malformed_not_dead_lettered = sorted(malformed_served - letters)
     return report
 
 
@@ -297,7 +299,9 @@ def format_report(report: AuditReport) -> str:
         + "".join(f"\n  {reason:<30} {n}" for reason, n in sorted(report.dead_lettered.items())),
         f"filtered             {sum(report.filtered.values())}"
         + "".join(f"\n  {rule:<30} {n}" for rule, n in sorted(report.filtered.items())),
-        f"malformed lines      {report.malformed_expected} served, {report.malformed_dead_lettered} in the DLQ",
+        f"malformed lines      {report.malformed_expected} served, {report.malformed_dead_lettered} in the DLQ"
+        if report.malformed_expected is not None
+        else f"malformed lines      {report.malformed_dead_lettered} in the DLQ (lines the ingestor could not parse)",
     ]
     for feed, offset in report.malformed_not_dead_lettered[:20]:
         lines.append(f"  feed {feed}, the line before offset {offset}: not in the DLQ")
@@ -417,7 +421,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     conf = ops.config()
     started = time.monotonic()
     try:
-        malformed: MalformedLines = set()
+        malformed: MalformedLines | None = None
         if args.record:
             expected, malformed = read_record_file(args.record)
         else:

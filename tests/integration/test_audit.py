@@ -190,7 +190,9 @@ def test_unparsable_lines_and_events_too_large_for_kafka_are_accounted_for(
     # From the raw topic, offset 4 is absent there but its fate is in the DLQ.
     from_topic = run_audit(["--from-topic", "--range", "0:1-4", "--lake-db", str(db), "--json"], kafka_bootstrap, topic)
     assert from_topic.returncode == 0, from_topic.stdout + from_topic.stderr
-    assert json.loads(from_topic.stdout)["dead_lettered"] == {"ingest:too_large": 1}
+    report = json.loads(from_topic.stdout)
+    assert report["dead_lettered"] == {"ingest:too_large": 1}
+    assert report["malformed_lines_served"] is None and report["malformed_lines_dead_lettered"] == 1
 
 
 def test_bad_arguments_give_one_line(kafka_bootstrap: str, tmp_path: Path) -> None:
