@@ -63,7 +63,7 @@ class AuditReport:
     missing: list[tuple[str, int, str]] = field(default_factory=list)  # feed, offset, expected id or reason
     malformed_expected: int | None = None  # None: what the stream served is unknown (no record file)
     malformed_dead_lettered: int = 0
-    malformed_not_dead_lettered: list[tuple[str, int]] = field(default_factory=list)  # feed, offset after it
+    malformed_not_dead_lettered: list[tuple[str, int]] = field(default_factory=list)  # feed, offset it came before
     unexpected_in_lake: int = 0
 
     @property
