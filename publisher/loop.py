@@ -26,7 +26,7 @@ from falcon_lake.offset_store import SsmOffsetStore
 from falcon_lake.settings import PublisherSettings, drain_seconds
 from publisher.batch import BatchEntry
 from publisher.cloudtrail import ChannelHealth, CloudTrailSender, delivery_workers
-from publisher.commits import commit_list, committed_feeds
+from publisher.committer import Committer
 from publisher.conversion import AUDIT_EVENT, FILTERED, Conversions, Converted
 from publisher.convert import Converter
 from publisher.deliveries import Completion, Deliveries
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 # Records read (and converted) together: small enough that a chunk is converted in a few ms.
 CONSUME_CHUNK = 250
 SUMMARY_EVERY_S = 30.0
-# At revocation and shutdown the SSM write is retried this long (a transient SSM error must not
-# leave the parameter behind what Kafka has committed).
-SSM_LAST_WRITE_S = 5.0
 # How long consume() may block while requests are out: a finished request waits at most this
 # long for its partition's next batch.
 BUSY_WAIT_S = 0.005
@@ -54,8 +51,6 @@ IDLE_WAIT_S = 0.05
 # window, and rebalance callbacks. The records so taken exceed the budget by at most one per
 # call until the flow control pauses everything (FlowConfig.keepalive_s).
 SERVE_EVERY_S = 0.01
-# Reading the commits of newly assigned partitions (for SSM): how long to wait, when to retry.
-CATCH_UP_TIMEOUT_S, CATCH_UP_RETRY_S = 2.0, 5.0
 CLOSE_STUCK_S = 10.0  # closing a consumer that fell out of its group
 
 
@@ -104,9 +99,8 @@ class PublisherLoop:
         self.lag = lag
         self.flow = FlowControl(FlowConfig.from_settings(settings, CONSUME_CHUNK), settings.kafka.topic_partitions)
         self._deliveries = Deliveries(sender, delivery_workers(settings))
+        self.commits = Committer(consumer, settings.kafka.topic, self.flow, offset_store, metrics)
         self._paused: set[int] = set()  # partitions this loop paused and did not resume
-        self._catch_up: set[int] = set()  # assigned partitions whose commit metadata is not read yet
-        self._catch_up_at = 0.0
         self._abandon_all = False
         self._lag_seen = 0
         self._last_consume = 0.0
@@ -138,7 +132,7 @@ class PublisherLoop:
             consumer.resume(mine)
         self._paused -= {tp.partition for tp in mine}
         self.flow.assigned([tp.partition for tp in mine])
-        self._catch_up |= {tp.partition for tp in mine}  # read their commits' feed offsets (next turn)
+        self.commits.assigned([tp.partition for tp in mine])  # read their commits' feed offsets (for SSM)
         log.info("assigned partitions %s", sorted(tp.partition for tp in mine))
         self._apply_pauses()
         self._update_share()
@@ -156,7 +150,7 @@ class PublisherLoop:
             self.dlq.poll(0)
         self.dlq.flush(max(0.0, deadline - time.monotonic()))
         self._drain(timeout=0)
-        self._commit_now(only=revoked)
+        self.commits.commit_now(only=revoked)
         for p in revoked:
             left = self.flow.unfinished(p)
             if left:
@@ -173,26 +167,7 @@ class PublisherLoop:
         self._update_share()
 
     def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """The broker's answer to a commit: the send window moves only with acknowledged commits."""
-        now = time.monotonic()
-        mine = [tp for tp in partitions if tp.topic == self.settings.kafka.topic]
-        if err is not None and err.code() != KafkaError._NO_OFFSET:
-            log.warning("Kafka commit failed (%s); asked again shortly, sending waits", err.str())
-            for tp in mine:
-                self.flow.commit_failed(tp.partition, now)
-            return
-        for tp in mine:
-            if tp.error is not None:
-                log.warning("Kafka commit of partition %d failed (%s)", tp.partition, tp.error.str())
-                self.flow.commit_failed(tp.partition, now)
-                continue
-            self._acknowledged(tp.partition, tp.offset)
-
-    def _acknowledged(self, partition: int, offset: int) -> None:
-        feeds = self.flow.commit_acknowledged(partition, offset)
-        self.metrics.committed.labels(str(partition)).set(offset)
-        if feeds and self.store is not None:
-            self.store.advance(feeds)
+        self.commits.on_commit(err, partitions)
 
     # ---- per record ---------------------------------------------------------------------------
     def _accept(self, messages: list[Message]) -> None:
@@ -415,58 +390,10 @@ class PublisherLoop:
             self._share = share
             self.limiter.set_max_rate(share)
 
-    def _commit_async(self) -> None:
-        offsets = self.flow.commits(time.monotonic())
-        if not offsets:
-            return
-        topic = self.settings.kafka.topic
-        try:
-            self.consumer.commit(offsets=commit_list(topic, offsets, self._commit_feeds(offsets)), asynchronous=True)
-        except KafkaException as exc:
-            log.warning("Kafka commit failed (%s); asked again shortly", exc)
-            for p in offsets:
-                self.flow.commit_failed(p, time.monotonic())
-
-    def _commit_feeds(self, offsets: dict[int, int]) -> dict[int, dict[str, int]]:
-        return {p: self.flow.commit_feeds(p, o) for p, o in offsets.items()}
-
-    def _catch_up_ssm(self, now: float) -> None:
-        """Write SSM from the feed offsets stored with the commits of newly assigned partitions
-        (an owner killed before its SSM write), and carry them on in this member's commits."""
-        partitions = sorted(p for p in self._catch_up if self.flow.generation(p) is not None)
-        self._catch_up_at = now + CATCH_UP_RETRY_S
-        found = committed_feeds(self.consumer, self.settings.kafka.topic, partitions, CATCH_UP_TIMEOUT_S)
-        if found is None:
-            return
-        self._catch_up.clear()
-        for partition, feeds in found.items():
-            self.flow.tracker.seed_feeds(partition, feeds)
-            if feeds and self.store is not None:
-                self.store.advance(feeds)
-
-    def _commit_now(self, only: list[int] | None = None) -> None:
-        """Commit synchronously (revocation, shutdown), then write SSM at once."""
-        offsets = self.flow.commits(time.monotonic(), only=only, urgent=True)
-        topic = self.settings.kafka.topic
-        if offsets:
-            try:
-                done = self.consumer.commit(
-                    offsets=commit_list(topic, offsets, self._commit_feeds(offsets)), asynchronous=False
-                )
-            except KafkaException as exc:
-                log.warning("Kafka commit failed (%s); the next owner re-sends from the last commit", exc)
-                done = []
-            for tp in done or []:
-                if tp.error is None and tp.topic == topic:
-                    self._acknowledged(tp.partition, tp.offset)
-        if self.store is not None:
-            self.store.flush_before_exit(SSM_LAST_WRITE_S)
-
     def _step(self) -> None:
         """One turn of the loop: read, convert, batch, send, collect results, commit."""
         now = time.monotonic()
-        if self._catch_up and now >= self._catch_up_at:
-            self._catch_up_ssm(now)
+        self.commits.catch_up(now)
         self.flow.tick(now)
         self._apply_pauses()
         budget = self.flow.consume_budget()
@@ -490,7 +417,7 @@ class PublisherLoop:
         self._drain(timeout=0)
         self._collect()
         self._dispatch()
-        self._commit_async()
+        self.commits.commit_async()
         self._update_share()
         self.metrics.buffered.set(self.flow.unfinished())
         self._publish_channel()
@@ -532,7 +459,7 @@ class PublisherLoop:
                 self._drain(timeout=0.05)
                 # Commit acknowledgements, and stay in the group (paused: no new records).
                 self._accept(self.consumer.consume(num_messages=CONSUME_CHUNK, timeout=0))
-                self._commit_async()
+                self.commits.commit_async()
                 if self.fatal is not None:
                     break
             self.dlq.flush(max(0.0, deadline - time.monotonic()))
@@ -542,7 +469,7 @@ class PublisherLoop:
         self._store_stop.set()
         if self.lag is not None:
             self.lag.stop()
-        self._commit_now()  # safe even after a fatal error: only finished records count
+        self.commits.commit_now()  # safe even after a fatal error: only finished records count
         self._deliveries.shutdown()
         self.conversions.close()
         # Revocation during close must not commit again or wait for anything.

@@ -23,7 +23,7 @@ from falcon_lake.headers import CREATED_MS, header_int
 from falcon_lake.offset_store import OffsetStoreError, SsmOffsetStore
 from falcon_lake.ops import command as ops_cli
 from falcon_lake.ops.command import KafkaOps
-from falcon_lake.ops.dlq import RedriveMark, redrive_group
+from falcon_lake.ops.redrive_mark import RedriveMark, redrive_group
 from falcon_lake.partitioner import partition_for
 from falcon_lake.settings import SettingsError, SsmSettings, load_ssm
 

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from falcon_lake.dead_letter import dlq_headers
-from falcon_lake.ops import dlq
+from falcon_lake.ops import dlq, redrive_mark
 from falcon_lake.ops.command import Watermarks
 from falcon_lake.partitioner import partition_for
 from tests.support import create_topic, wait_for
@@ -302,7 +302,7 @@ def test_help_documents_every_option(cli: Cli) -> None:
 
 def test_redrive_mark_remembers_gaps_and_advances_over_contiguous_runs() -> None:
     marks = Watermarks(0, 10)
-    mark, given_up = dlq.RedriveMark().advanced([0, 1, 3, 4, 7], marks)
+    mark, given_up = redrive_mark.RedriveMark().advanced([0, 1, 3, 4, 7], marks)
     assert (mark.next_offset, mark.done, given_up) == (2, ((3, 4), (7, 7)), 0)
     assert [o for o in range(10) if not mark.is_done(o)] == [2, 5, 6, 8, 9]
     assert mark.pending(marks) == 5
@@ -311,23 +311,23 @@ def test_redrive_mark_remembers_gaps_and_advances_over_contiguous_runs() -> None
     assert (again.next_offset, again.done) == (8, ())
 
     # Round trip through the commit's metadata.
-    restored = dlq.RedriveMark.from_commit(TopicPartition("t", 0, mark.next_offset, mark.metadata()))
+    restored = redrive_mark.RedriveMark.from_commit(TopicPartition("t", 0, mark.next_offset, mark.metadata()))
     assert restored == mark
 
 
 def test_redrive_mark_tolerates_expired_records_and_bad_metadata() -> None:
-    mark, _ = dlq.RedriveMark(2, ((5, 6),)).advanced([], Watermarks(5, 10))  # 0..4 expired
+    mark, _ = redrive_mark.RedriveMark(2, ((5, 6),)).advanced([], Watermarks(5, 10))  # 0..4 expired
     assert (mark.next_offset, mark.done) == (7, ())
-    assert dlq.RedriveMark(0, ((3, 4),)).pending(Watermarks(0, 4)) == 3
-    junk = dlq.RedriveMark.from_commit(TopicPartition("t", 0, 4, "written by someone else"))
+    assert redrive_mark.RedriveMark(0, ((3, 4),)).pending(Watermarks(0, 4)) == 3
+    junk = redrive_mark.RedriveMark.from_commit(TopicPartition("t", 0, 4, "written by someone else"))
     assert (junk.next_offset, junk.done) == (4, ())
-    assert dlq.RedriveMark.from_commit(TopicPartition("t", 0, -1001)) == dlq.RedriveMark()
+    assert redrive_mark.RedriveMark.from_commit(TopicPartition("t", 0, -1001)) == redrive_mark.RedriveMark()
 
 
 def test_redrive_mark_fits_kafkas_metadata_limit() -> None:
     every_other = list(range(1, 20_000, 2))  # the worst case: a gap between every redriven record
-    mark, given_up = dlq.RedriveMark().advanced(every_other, Watermarks(0, 20_000))
-    assert len(mark.metadata()) <= dlq.METADATA_LIMIT
+    mark, given_up = redrive_mark.RedriveMark().advanced(every_other, Watermarks(0, 20_000))
+    assert len(mark.metadata()) <= redrive_mark.METADATA_LIMIT
     assert given_up > 0 and mark.next_offset > 0
     assert all(mark.is_done(o) for o in every_other)  # nothing redriven is ever sent again
 

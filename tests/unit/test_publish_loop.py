@@ -137,7 +137,7 @@ def test_commit_callbacks_move_the_window_and_failures_do_not() -> None:
     loop.on_assign(consumer, [TopicPartition("falcon.events", 0)])  # type: ignore[arg-type]
     loop.flow.consumed(0, 0, "0", 1)
     loop.flow.finished(0, loop.flow.generation(0) or 0, 0)
-    loop._commit_async()
+    loop.commits.commit_async()
     assert [(tp.partition, tp.offset) for tp in consumer.commits[-1]] == [(0, 1)]
     failed = TopicPartition("falcon.events", 0, 1)
     loop.on_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [failed])
@@ -171,7 +171,7 @@ def test_commits_carry_their_feed_offsets_and_a_new_owner_writes_ssm_from_them()
     message = FakeMessage(0, 41, b"{}")
     message.headers = lambda: [("falcon.feed", b"7"), ("falcon.offset", b"1234"), ("falcon.event_type", b"Other")]  # type: ignore[method-assign]
     loop._accept([message])  # type: ignore[list-item]
-    loop._commit_async()
+    loop.commits.commit_async()
     (committed,) = consumer.commits[-1]
     assert committed.offset == 42 and feeds_of(committed.metadata) == {"7": 1234}
 
@@ -181,9 +181,9 @@ def test_commits_carry_their_feed_offsets_and_a_new_owner_writes_ssm_from_them()
     newcomer_consumer.stored = {0: TopicPartition("falcon.events", 0, 42, metadata=commit_metadata({"7": 1234}))}
     newcomer = make_loop(newcomer_consumer, BrokenDlq())
     store = RecordingStore()
-    newcomer.store = store  # type: ignore[assignment]
+    newcomer.commits.store = store  # type: ignore[assignment]
     newcomer.on_assign(newcomer_consumer, [TopicPartition("falcon.events", 0)])  # type: ignore[arg-type]
-    newcomer._catch_up_ssm(0.0)
+    newcomer.commits.catch_up(0.0)
     assert store.advanced == [{"7": 1234}]
     assert newcomer.flow.tracker.partition_feeds(0) == {"7": 1234}
 
