@@ -92,7 +92,6 @@ class PublisherLoop:
         self.filter = event_filter
         self.sender = sender
         self.health = health
-        self.store = offset_store
         self.metrics = metrics
         self.stop = stop
         self.limiter = limiter
@@ -424,8 +423,8 @@ class PublisherLoop:
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
-        if self.store is not None:
-            self.store.run_in_background(self._store_stop)
+        if self.commits.store is not None:
+            self.commits.store.run_in_background(self._store_stop)
         if self.lag is not None:
             self.lag.start()
         self.consumer.subscribe(
