@@ -21,15 +21,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from falcon_lake import dead_letter
 from falcon_lake.headers import FEED, OFFSET, header_int, header_text
-from falcon_lake.ops.command import REQUEST_TIMEOUT_S, KafkaOps, UsageError, parse_time
+from falcon_lake.ops.command import KafkaOps, UsageError, parse_time, read_partition
 from falcon_lake.ops.lake_client import (
     EventDataStore,
     LakeQueryError,
@@ -112,38 +113,21 @@ def read_record_file(path: str) -> tuple[list[ExpectedEvent], MalformedLines]:
     return events, malformed
 
 
-def _consume_all(conf: Mapping[str, Any], topic: str) -> Iterable[Any]:
-    """Every record of a topic, start to end, without joining a group."""
-    consumer = Consumer({**conf, "group.id": "falcon-lake-audit", "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(topic, timeout=REQUEST_TIMEOUT_S)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            return
-        for partition in metadata.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, partition, low)])
-            position = low
-            while position < high:
-                msg = consumer.poll(5.0)
-                if msg is None:
-                    raise RuntimeError(f"reading {topic}[{partition}] stalled at offset {position}")
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        break
-                    raise RuntimeError(error.str())
-                position = (msg.offset() or 0) + 1
-                yield msg
-            consumer.unassign()
-    finally:
-        consumer.close()
+def _consume_all(ops: KafkaOps, topic: str) -> Iterable[Any]:
+    """Every record of a topic, start to end, without joining a group (none for a missing topic)."""
+    counts = ops.topics()
+    if topic not in counts:
+        return
+    partitions = list(range(counts[topic]))
+    marks = ops.watermarks(topic, partitions)
+    with closing(ops.consumer("falcon-lake-audit")) as consumer:
+        for partition in partitions:
+            yield from read_partition(consumer, topic, partition, marks[partition].low, marks[partition].high)
 
 
-def read_raw_topic(conf: Mapping[str, Any], topic: str) -> list[ExpectedEvent]:
+def read_raw_topic(ops: KafkaOps, topic: str) -> list[ExpectedEvent]:
     events = []
-    for msg in _consume_all(conf, topic):
+    for msg in _consume_all(ops, topic):
         feed = header_text(msg.headers(), FEED)
         offset = header_int(msg.headers(), OFFSET)
         if feed is not None and offset is not None:
@@ -151,12 +135,12 @@ def read_raw_topic(conf: Mapping[str, Any], topic: str) -> list[ExpectedEvent]:
     return events
 
 
-def read_dead_letters(conf: Mapping[str, Any], topic: str) -> tuple[dict[tuple[str, int], str], MalformedLines]:
+def read_dead_letters(ops: KafkaOps, topic: str) -> tuple[dict[tuple[str, int], str], MalformedLines]:
     """(feed, offset) -> reason of every dead-lettered event (any stage), and where the lines that were
     not events (no offset: the ingestor could not parse them) were met in their feed."""
     by_offset: dict[tuple[str, int], str] = {}
     lines: MalformedLines = set()
-    for msg in _consume_all(conf, topic):
+    for msg in _consume_all(ops, topic):
         letter = dead_letter.read_dead_letter(msg.headers())
         if letter.feed is not None and letter.falcon_offset is not None:
             by_offset[(letter.feed, letter.falcon_offset)] = f"{letter.stage}:{letter.code}"
@@ -418,20 +402,19 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     except UsageError as exc:
         print(f"falcon-lake audit: {exc}", file=sys.stderr)
         return 2
-    conf = ops.config()
     started = time.monotonic()
     try:
         malformed: MalformedLines | None = None
         if args.record:
             expected, malformed = read_record_file(args.record)
         else:
-            expected = read_raw_topic(conf, kafka.topic)
+            expected = read_raw_topic(ops, kafka.topic)
             present = {(e.feed, e.offset) for e in expected}
             for feed, start, end in args.range:
                 for offset in range(start, end + 1):
                     if (feed, offset) not in present:
                         expected.append(ExpectedEvent(feed, offset, b""))
-        letters, ingest_letters = read_dead_letters(conf, kafka.dlq_topic)
+        letters, ingest_letters = read_dead_letters(ops, kafka.dlq_topic)
         query: dict[str, Any] | None = None
         if args.event_data_store:
             lake_ids, query = _read_event_data_store(args, environment, expected)

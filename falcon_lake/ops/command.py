@@ -14,7 +14,7 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -24,6 +24,7 @@ from confluent_kafka import (
     ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
@@ -34,6 +35,8 @@ from falcon_lake.settings import KafkaSettings, SettingsError, load_kafka
 
 # Every network call of an operator command is bounded, so an unreachable broker is reported in ~10 s.
 REQUEST_TIMEOUT_S = 10.0
+# A read that makes no progress for this long means the broker stopped answering.
+READ_STALL_S = 15.0
 PRODUCE_TIMEOUT_S = 30.0
 # Group states in which members own partitions (classic and KIP-848 consumer groups).
 ACTIVE_GROUP_STATES = frozenset({"STABLE", "PREPARING_REBALANCE", "COMPLETING_REBALANCE", "ASSIGNING", "RECONCILING"})
@@ -386,6 +389,37 @@ class KafkaOps:
                     f"group {group!r} has active members again ({tp.error.str()}): stop every publisher first"
                 )
             raise OpsError(f"group {group!r} refused the offset of partition {tp.partition}: {tp.error.str()}")
+
+
+def read_partition(consumer: Consumer, topic: str, partition: int, start: int, end: int) -> Iterator[Message]:
+    """The records of one partition from `start` up to `end` (exclusive), in order."""
+    if start >= end:
+        return
+    consumer.assign([TopicPartition(topic, partition, start)])
+    progress = time.monotonic()
+    try:
+        while True:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if time.monotonic() - progress > READ_STALL_S:
+                    raise OpsError(f"reading {topic}[{partition}] from offset {start} stalled for {READ_STALL_S:.0f}s")
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return
+                if error.fatal() or not error.retriable():
+                    raise OpsError(f"reading {topic}[{partition}]: {error.str()}")
+                continue
+            progress = time.monotonic()
+            offset = msg.offset() or 0
+            if offset >= end:
+                return
+            yield msg
+            if offset + 1 >= end:
+                return
+    finally:
+        consumer.unassign()
 
 
 def committed_offset(tp: TopicPartition | None) -> int | None:

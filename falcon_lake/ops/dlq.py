@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +32,6 @@ from falcon_lake.ops.redrive_mark import RedriveMark, redrive_group
 from falcon_lake.partitioner import partition_for
 
 PROG = "falcon-lake dlq"
-# A read that makes no progress for this long means the broker stopped answering.
-READ_STALL_S = 15.0
 MESSAGE_CHARS = 60
 
 
@@ -105,37 +102,6 @@ class DlqRecord:
         }
 
 
-def _read_partition(consumer: Consumer, topic: str, partition: int, start: int, end: int) -> Iterator[Message]:
-    """The records of one partition from `start` up to `end` (exclusive), in order."""
-    if start >= end:
-        return
-    consumer.assign([TopicPartition(topic, partition, start)])
-    progress = time.monotonic()
-    try:
-        while True:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if time.monotonic() - progress > READ_STALL_S:
-                    raise OpsError(f"reading {topic}[{partition}] from offset {start} stalled for {READ_STALL_S:.0f}s")
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    return
-                if error.fatal() or not error.retriable():
-                    raise OpsError(f"reading {topic}[{partition}]: {error.str()}")
-                continue
-            progress = time.monotonic()
-            offset = msg.offset() or 0
-            if offset >= end:
-                return
-            yield msg
-            if offset + 1 >= end:
-                return
-    finally:
-        consumer.unassign()
-
-
 def _to_record(msg: Message, mark: RedriveMark) -> DlqRecord:
     headers = as_bytes_pairs(msg.headers())
     kind, ts = msg.timestamp()
@@ -186,7 +152,7 @@ class DlqView:
         for p in self.partitions:
             mark = self.redrive[p]
             start = mark.scan_from(self.marks[p]) if only_pending else self.marks[p].low
-            for msg in _read_partition(consumer, self.topic, p, start, self.marks[p].high):
+            for msg in ops_cli.read_partition(consumer, self.topic, p, start, self.marks[p].high):
                 record = _to_record(msg, mark)
                 if not (only_pending and record.redriven):
                     yield record

@@ -296,11 +296,11 @@ def test_nothing_is_lost_under_faults(
         for name in ("ingest", "publish"):
             assert processes[name].terminate(30) == 0, processes[name].output()[-3000:]
 
-        from falcon_lake.kafka_config import client_config
+        from falcon_lake.ops.command import KafkaOps
         from falcon_lake.settings import KafkaSettings
 
         letters, ingest_letters = read_dead_letters(
-            client_config(KafkaSettings(bootstrap_servers=private_kafka.bootstrap)), f"{topic}.dlq"
+            KafkaOps(KafkaSettings(bootstrap_servers=private_kafka.bootstrap)), f"{topic}.dlq"
         )
         report = audit(
             expected,
